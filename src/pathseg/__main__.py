@@ -1,0 +1,5 @@
+"""`python -m pathseg` runs the CLI."""
+
+from pathseg.cli import main
+
+main()

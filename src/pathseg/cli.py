@@ -1,0 +1,266 @@
+"""The `pathseg` command line: demo, segment, evaluate, train, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pathseg._version import __version__
+from pathseg.errors import InputError, PathsegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep-learning segmentation of histopathology images.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model with pathseg's own recipes.")
+app.add_typer(train_app, name="train")
+err = Console(stderr=True)
+out = Console()
+
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]")
+WindowOpt = typer.Option(512, "--window", help="Inference window (px); 256 with --halo 64 is the paper's scheme.")
+HaloOpt = typer.Option(64, "--halo", help="Context margin dropped from each window side (px).")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=err, transient=False,
+    )
+
+
+def _options(window: int, halo: int, batch_size: int, device: str, precision: str):
+    from pathseg.tiling import InferenceOptions, pick_device
+
+    try:
+        pick_device(device)
+        return InferenceOptions(window=window, halo=halo, batch_size=batch_size, device=device, precision=precision)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _load(model: str, device: str):
+    from pathseg.models import load_model
+    from pathseg.tiling import pick_device
+
+    return load_model(model, pick_device(device))
+
+
+def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool) -> int:
+    from pathseg.jobs import segment_files
+
+    with _progress() as bar:
+        task = bar.add_task("segmenting", total=len(paths))
+
+        def on_file(o) -> None:
+            bar.advance(task)
+            if o.status == "failed":
+                err.print(f"[red]failed[/red] {o.error}", highlight=False, soft_wrap=True)
+            elif o.status == "skipped":
+                err.print(f"skipped {o.path} (already done in {o.folder}; --overwrite redoes it)", highlight=False)
+
+        report = segment_files(paths, lm, out_dir, opts, mpp=mpp, overwrite=overwrite, on_file=on_file)
+    from pathseg.io import write_table_csv
+
+    rows = [
+        {"input": str(o.path), "status": o.status, "n_objects": o.n_objects, "seconds": round(o.seconds, 3),
+         "folder": str(o.folder or ""), "error": o.error}
+        for o in report.outcomes
+    ]
+    write_table_csv(out_dir / "summary.csv", rows)
+    done = sum(o.status == "done" for o in report.outcomes)
+    out.print(f"{done} segmented, {len(paths) - done - report.n_failed} skipped, {report.n_failed} failed -> {out_dir}", highlight=False)
+    return 1 if report.n_failed else 0
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("pathseg-demo"), "--out", help="Output folder (the demo replaces its own earlier outputs)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Segment the built-in sample image with the built-in nuclei model and write all outputs."""
+    import numpy as np
+
+    from pathseg.io import ensure_output_dir
+    from pathseg.jobs import write_result
+    from pathseg.pipeline import run_info, segment
+    from pathseg.sample import SAMPLE_DESCRIPTION, SAMPLE_MPP, SAMPLE_NAME, sample_image
+
+    t0 = time.perf_counter()
+    lm = _load("nuclei-he", device)
+    opts = _options(512, 64, 4, device, "auto")
+    image = sample_image()
+    ensure_output_dir(out_dir, overwrite=True)
+    result = segment(image, lm, mpp=SAMPLE_MPP, options=opts)
+    folder = out_dir / SAMPLE_NAME
+    write_result(folder, image, result, run_info(lm, opts, {"input": SAMPLE_NAME, "input_description": SAMPLE_DESCRIPTION}))
+    area = result.table["area_um2"]
+    out.print(f"sample: {SAMPLE_DESCRIPTION}", highlight=False)
+    out.print(
+        f"{len(area)} nuclei, median area {float(np.median(area)) if len(area) else float('nan'):.1f} um^2, "
+        f"{time.perf_counter() - t0:.1f} s; outputs in {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})",
+        highlight=False,
+    )
+
+
+@app.command("segment")
+def segment_cmd(
+    inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    model: str = typer.Option("nuclei-he", "--model", help="Built-in model name or a model folder."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder; one sub-folder per image."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Pixel size in um/px (overrides file metadata)."),
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    window: int = WindowOpt,
+    halo: int = HaloOpt,
+    precision: str = PrecisionOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
+) -> None:
+    """Segment images; writes labels, overlay, table, QuPath GeoJSON and run.json per image."""
+    from pathseg.io import list_images
+    from pathseg.io.write import ensure_output_dir
+
+    if mpp is not None and mpp <= 0:
+        raise InputError(f"--mpp {mpp}: must be positive")
+    paths = list_images(inputs)
+    if not paths:
+        raise InputError(f"{' '.join(inputs)}: no images found")
+    opts = _options(window, halo, batch_size, device, precision)
+    lm = _load(model, device)
+    ensure_output_dir(out_dir, overwrite=True)  # existing per-image folders are resumed, not clobbered
+    raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite))
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("nuclei-he", "--model", help="Built-in model name or a model folder."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder with images/ and labels/."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table and per-image values here."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Pixel size of the dataset images (um/px)."),
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    window: int = WindowOpt,
+    halo: int = HaloOpt,
+    precision: str = PrecisionOpt,
+    no_watershed: bool = typer.Option(False, "--no-watershed", help="Connected components instead of watershed (ablation)."),
+) -> None:
+    """Compare a model's instances with a labelled dataset: Dice, IoU, AJI, AJI+, PQ, F1, SBD."""
+    from pathseg.evaluate import evaluate_dataset
+    from pathseg.io import list_samples
+
+    list_samples(data)  # a bad dataset is reported before the model is loaded
+    opts = _options(window, halo, batch_size, device, precision)
+    lm = _load(model, device)
+    with _progress() as bar:
+        task = bar.add_task("evaluating", total=None)
+        res = evaluate_dataset(lm, data, opts, mpp=mpp, watershed=not no_watershed,
+                               on_image=lambda i, n: bar.update(task, completed=i, total=n))
+    out.print(res["table"], highlight=False)
+    if json_path is not None:
+        from pathseg.io import write_json
+
+        write_json(json_path, res)
+        out.print(f"written {json_path}", highlight=False)
+
+
+@train_app.command("nuclei")
+def train_nuclei_cmd(
+    data: List[Path] = typer.Option(..., "--data", help="Training dataset folder(s) (images/ + labels/)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder; an existing run with the same settings is resumed."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset; the best checkpoint by AJI is kept."),
+    partial_fraction: float = typer.Option(1.0, "--partial-fraction", min=0.0, max=1.0, help="Keep this random fraction of annotated nuclei."),
+    loss: str = typer.Option("weighted_ce", "--loss", help="weighted_ce (partial annotations) or ce."),
+    steps: int = typer.Option(20000, "--steps", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    width: int = typer.Option(16, "--width", min=1, help="Channels of the first UNet level."),
+    lr_decay_every: int = typer.Option(1000, "--lr-decay-every", min=1, help="Multiply the learning rate by 0.95 this often."),
+    val_every: int = typer.Option(500, "--val-every", min=1),
+    ckpt_every: int = typer.Option(250, "--ckpt-every", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0 = default)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Train the nuclei UNet with the weighted-background loss of the partial-annotation paper."""
+    from pathseg.losses import list_losses
+    from pathseg.train import TrainConfig, train_nuclei
+
+    if loss not in list_losses():
+        raise InputError(f"--loss {loss}: unknown; choose from {', '.join(list_losses())}")
+    for d in [*data, *([val] if val else [])]:
+        if not d.is_dir():
+            raise InputError(f"{d}: not a folder")
+    cfg = TrainConfig(
+        data=[str(d) for d in data], out=str(out_dir), val=str(val) if val else None, partial_fraction=partial_fraction,
+        loss=loss, steps=steps, batch_size=batch_size, width=width, lr_decay_every=lr_decay_every,
+        val_every=val_every, ckpt_every=ckpt_every, seed=seed, threads=threads, device=device,
+    )
+    with _progress() as bar:
+        task = bar.add_task("training", total=steps)
+
+        def progress(step: int, total: int, record: dict) -> None:
+            bar.update(task, completed=step)
+            if record:
+                msg = f"step {step}: loss {record['loss']:.4f}"
+                if "val" in record:
+                    msg += "  val " + " ".join(f"{k} {v:.3f}" for k, v in record["val"].items())
+                bar.console.print(msg, highlight=False)
+
+        final = train_nuclei(cfg, progress)
+    out.print(f"model written to {final} (use --model {final})", highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models and show their model cards."""
+    from pathseg.models.checkpoint import CARD_FILE, list_builtin
+
+    found = list_builtin()
+    if not found:
+        out.print("no built-in models are installed")
+    for name, folder in found.items():
+        card = folder / CARD_FILE
+        out.rule(name)
+        out.print(card.read_text() if card.is_file() else f"(no model card in {folder})", markup=False, highlight=False)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if version:
+        out.print(f"pathseg {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        # Non-standalone mode returns the code of typer.Exit instead of raising it.
+        rc = app(standalone_mode=False)
+    except PathsegError as e:
+        # Plain print, not rich: rich would wrap a long message over several lines.
+        print(f"pathseg: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("pathseg: interrupted; finished images are kept and a re-run resumes", highlight=False)
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)

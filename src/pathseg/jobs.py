@@ -1,0 +1,132 @@
+"""Batch jobs over many images: per-image output folders, resume, one failure never stops the rest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pathseg.errors import PathsegError
+from pathseg.io import write_geojson, write_json, write_label_map, write_overlay, write_table_csv
+from pathseg.measure import table_rows
+from pathseg.models import LoadedModel
+from pathseg.pipeline import SegmentationResult, run_info, segment
+from pathseg.tiling import InferenceOptions
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("labels.png", "overlay.png", "objects.csv", "objects.geojson", "run.json")
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input file."""
+
+    path: Path
+    status: str  # "done", "skipped" (already done), "failed"
+    n_objects: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    folder: Path | None = None
+
+
+@dataclass
+class JobReport:
+    """Outcomes of a whole job, in input order."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        """Number of inputs that failed."""
+        return sum(o.status == "failed" for o in self.outcomes)
+
+
+def write_result(folder: Path, image: np.ndarray, result: SegmentationResult, info: dict[str, Any]) -> None:
+    """Write the label map, overlay, table, QuPath GeoJSON and run.json of one image.
+
+    run.json is written last: its presence marks the folder as complete, which is what
+    lets an interrupted job resume without redoing finished images.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    labels = result.labels
+    label_name = "labels.png" if labels.max(initial=0) <= 65535 else "labels.tif"
+    write_label_map(folder / label_name, labels)
+    write_overlay(folder / "overlay.png", image, labels)
+    write_table_csv(folder / "objects.csv", result.table)
+    rows = table_rows(result.table)
+    props = {int(r["id"]): {k: v for k, v in r.items() if k != "id"} for r in rows}
+    write_geojson(folder / "objects.geojson", labels, props)
+    timings = dict(result.timings, write_s=time.perf_counter() - t0)
+    info = dict(info, n_objects=len(rows), mpp=result.mpp, mpp_assumed=result.mpp_assumed, timings=timings,
+                image_shape=list(image.shape), label_file=label_name)
+    write_json(folder / "run.json", info)
+
+
+def _is_done(folder: Path, lm: LoadedModel) -> bool:
+    rj = folder / "run.json"
+    if not rj.is_file():
+        return False
+    try:
+        return json.loads(rj.read_text()).get("model", {}).get("sha256") == lm.sha256
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def segment_files(
+    paths: Sequence[Path],
+    lm: LoadedModel,
+    out: Path,
+    options: InferenceOptions,
+    mpp: float | None = None,
+    overwrite: bool = False,
+    on_file: Callable[[FileOutcome], None] | None = None,
+    read: Callable[[Path, float | None], tuple[np.ndarray, float | None]] | None = None,
+) -> JobReport:
+    """Segment every path into ``out/<stem>/``; finished folders are skipped unless overwrite."""
+    from pathseg.io import read_image
+
+    read = read or read_image
+    report = JobReport()
+    seen: dict[str, Path] = {}
+    for path in paths:
+        t0 = time.perf_counter()
+        stem = path.stem
+        folder = out / stem
+        outcome = FileOutcome(path=path, status="done", folder=folder)
+        try:
+            if stem in seen:
+                raise PathsegError(f"{path}: same name as {seen[stem]}; their outputs would collide, rename one")
+            seen[stem] = path
+            if folder.exists() and not overwrite:
+                if _is_done(folder, lm):
+                    outcome.status = "skipped"
+                    report.outcomes.append(outcome)
+                    if on_file:
+                        on_file(outcome)
+                    continue
+                if (folder / "run.json").exists():
+                    raise PathsegError(f"{folder}: holds results of another model; pass --overwrite or another --out")
+            image, file_mpp = read(path, mpp)
+            result = segment(image, lm, mpp=file_mpp, options=options)
+            if folder.exists() and overwrite:
+                shutil.rmtree(folder)
+            info = run_info(lm, options, {"input": str(path)})
+            write_result(folder, image, result, info)
+            outcome.n_objects = int(result.labels.max(initial=0))
+        except PathsegError as e:
+            outcome.status, outcome.error = "failed", str(e)
+        except (ValueError, OSError, MemoryError) as e:
+            outcome.status, outcome.error = "failed", f"{path}: {type(e).__name__}: {e}"
+        outcome.seconds = time.perf_counter() - t0
+        report.outcomes.append(outcome)
+        if on_file:
+            on_file(outcome)
+    return report
