@@ -77,6 +77,11 @@ def test_bad_file_is_reported_and_others_finish(tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "args,needle",
     [
+        (["segment", "x.png"], "--out"),
+        (["segment", "x.png", "--out", "o", "--precision", "fp64"], "--precision fp64"),
+        (["segment", "x.png", "--out", "o", "--halo", "-4"], "--halo -4"),
+        (["segment", "x.png", "--out", "o", "--window", "500"], "multiple of 16"),
+        (["segment", "x.png", "--out", "o", "--device", "tpu"], "--device tpu"),
         (["segment", "nothing-here/*.png", "--out", "o"], "no images found"),
         (["segment", "x.png", "--model", "no-such-model", "--out", "o"], "not a built-in model"),
         (["evaluate", "--data", "no-such-dir"], "no-such-dir"),
@@ -90,6 +95,28 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, needle):
     assert needle in r.stderr and "Traceback" not in r.stderr
 
 
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("pathseg ")
+
+
+def test_pathseg_errors_are_one_line(tmp_path):
+    r = run("segment", "nothing-here/*.png", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_a_different_image_with_the_same_name(tmp_path, tiny_model):
+    img, _ = synthetic_nuclei(64)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    Image.fromarray(img).save(tmp_path / "one" / "s.png")
+    Image.fromarray(img[::-1].copy()).save(tmp_path / "two" / "s.png")
+    common = ["--model", str(tiny_model), "--out", str(tmp_path / "out"), "--window", "64", "--halo", "8"]
+    assert run("segment", str(tmp_path / "one" / "s.png"), *common).returncode == 0
+    r = run("segment", str(tmp_path / "two" / "s.png"), *common)
+    assert r.returncode == 1 and "another input" in r.stderr
+
+
 def test_evaluate_prints_table_and_writes_json(synthetic_dataset, tmp_path, tiny_model):
     r = run("evaluate", "--model", str(tiny_model), "--data", str(synthetic_dataset), "--json", str(tmp_path / "e.json"), "--mpp", "0.5", "--window", "64", "--halo", "8")
     assert r.returncode == 0, r.stderr
@@ -99,13 +126,12 @@ def test_evaluate_prints_table_and_writes_json(synthetic_dataset, tmp_path, tiny
 
 
 def test_models_lists_builtin_cards():
+    assert "nuclei-he" in list_builtin()  # shipped inside the package, with its card
     r = run("models")
     assert r.returncode == 0
-    for name in list_builtin():
-        assert name in r.stdout
+    assert "nuclei-he" in r.stdout and "monuseg" in r.stdout.lower()
 
 
-@pytest.mark.skipif("nuclei-he" not in list_builtin(), reason="built-in model not installed")
 def test_demo_runs_with_no_arguments(tmp_path):
     r = run("demo", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

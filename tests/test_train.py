@@ -42,22 +42,34 @@ def test_augment_keeps_image_and_target_aligned():
         assert (bright == (t == 1)).mean() > 0.97
 
 
-def test_short_run_learns_and_resume_matches_uninterrupted(synthetic_dataset, tmp_path):
+def test_resume_matches_uninterrupted(synthetic_dataset, tmp_path):
+    kw = dict(val=str(synthetic_dataset), ckpt_every=4, val_every=3)
     full = tmp_path / "full"
-    train_nuclei(_cfg(synthetic_dataset, full, val=str(synthetic_dataset)))
+    train_nuclei(_cfg(synthetic_dataset, full, **kw))
     log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [3, 6]
-    assert "val" in log[-1] and 0 <= log[-1]["val"]["dice"] <= 1
+    assert [r["step"] for r in log] == [3, 4, 6]
     assert (full / "model" / "model.safetensors").is_file()
 
-    # Stop after 3 steps, then resume to 6: identical weights to the uninterrupted run.
+    # Stop after 3 steps (not a checkpoint step), then resume to 6: same weights, same
+    # validations, same selected model as the uninterrupted run.
     part = tmp_path / "part"
-    train_nuclei(_cfg(synthetic_dataset, part, val=str(synthetic_dataset), steps=3))
-    train_nuclei(_cfg(synthetic_dataset, part, val=str(synthetic_dataset), steps=6))
-    a = load_file(str(full / "checkpoint" / "model.safetensors"))
-    b = load_file(str(part / "checkpoint" / "model.safetensors"))
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    train_nuclei(_cfg(synthetic_dataset, part, steps=3, **kw))
+    train_nuclei(_cfg(synthetic_dataset, part, steps=6, **kw))
+    for sub in ("checkpoint", "model"):
+        a = load_file(str(full / sub / "model.safetensors"))
+        b = load_file(str(part / sub / "model.safetensors"))
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=f"{sub}/{k}")
+    vals = lambda run: [r["val"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val" in r]  # noqa: E731
+    assert [v["dice"] for v in vals(full)] == pytest.approx([v["dice"] for v in vals(part)], abs=1e-6)
+    assert not (part / "checkpoint.tmp").exists() and not (part / "checkpoint.old").exists()
+
+
+def test_failed_start_does_not_bind_the_folder(tmp_path, synthetic_dataset):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(Exception):
+        train_nuclei(_cfg(tmp_path / "empty", tmp_path / "r"))
+    train_nuclei(_cfg(synthetic_dataset, tmp_path / "r", steps=1, ckpt_every=1))  # a corrected retry works
 
 
 def test_resume_refuses_other_settings(synthetic_dataset, tmp_path):

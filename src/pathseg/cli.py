@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -35,21 +34,25 @@ def _progress() -> Progress:
     )
 
 
-def _options(window: int, halo: int, batch_size: int, device: str, precision: str):
+def _options(window: int, halo: int, batch_size: int, device: str, precision: str, multiple: int = 16):
     from pathseg.tiling import InferenceOptions, pick_device
 
     try:
         pick_device(device)
-        return InferenceOptions(window=window, halo=halo, batch_size=batch_size, device=device, precision=precision)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+        return InferenceOptions(window=window, halo=halo, batch_size=batch_size, device=device, precision=precision,
+                                multiple=multiple)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(f"{str(e).splitlines()[0]}") from None
 
 
-def _load(model: str, device: str):
+def _load(model: str, device: str, window: int, halo: int, batch_size: int, precision: str):
+    """Load the model, then check the inference options against it."""
     from pathseg.models import load_model
     from pathseg.tiling import pick_device
 
-    return load_model(model, pick_device(device))
+    _options(window, halo, batch_size, device, precision, multiple=1)  # device/precision first: cheap
+    lm = load_model(model, pick_device(device))
+    return lm, _options(window, halo, batch_size, device, precision, getattr(lm.net, "required_multiple", 1))
 
 
 def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool) -> int:
@@ -61,16 +64,19 @@ def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool) -> int:
         def on_file(o) -> None:
             bar.advance(task)
             if o.status == "failed":
-                err.print(f"[red]failed[/red] {o.error}", highlight=False, soft_wrap=True)
+                err.print(f"failed {o.error}", highlight=False, soft_wrap=True, markup=False)
             elif o.status == "skipped":
-                err.print(f"skipped {o.path} (already done in {o.folder}; --overwrite redoes it)", highlight=False)
+                err.print(f"skipped {o.path} (already done in {o.folder}; --overwrite redoes it)", highlight=False, markup=False)
+            if o.mpp_assumed:
+                err.print(f"warning {o.path}: no pixel size in the file; segmented at the model's scale, "
+                          "um columns left empty (pass --mpp)", highlight=False, soft_wrap=True, markup=False)
 
         report = segment_files(paths, lm, out_dir, opts, mpp=mpp, overwrite=overwrite, on_file=on_file)
     from pathseg.io import write_table_csv
 
     rows = [
         {"input": str(o.path), "status": o.status, "n_objects": o.n_objects, "seconds": round(o.seconds, 3),
-         "folder": str(o.folder or ""), "error": o.error}
+         "mpp_assumed": o.mpp_assumed, "folder": str(o.folder or ""), "error": o.error}
         for o in report.outcomes
     ]
     write_table_csv(out_dir / "summary.csv", rows)
@@ -93,8 +99,7 @@ def demo(
     from pathseg.sample import SAMPLE_DESCRIPTION, SAMPLE_MPP, SAMPLE_NAME, sample_image
 
     t0 = time.perf_counter()
-    lm = _load("nuclei-he", device)
-    opts = _options(512, 64, 4, device, "auto")
+    lm, opts = _load("nuclei-he", device, 512, 64, 4, "auto")
     image = sample_image()
     ensure_output_dir(out_dir, overwrite=True)
     result = segment(image, lm, mpp=SAMPLE_MPP, options=opts)
@@ -131,8 +136,7 @@ def segment_cmd(
     paths = list_images(inputs)
     if not paths:
         raise InputError(f"{' '.join(inputs)}: no images found")
-    opts = _options(window, halo, batch_size, device, precision)
-    lm = _load(model, device)
+    lm, opts = _load(model, device, window, halo, batch_size, precision)
     ensure_output_dir(out_dir, overwrite=True)  # existing per-image folders are resumed, not clobbered
     raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite))
 
@@ -155,8 +159,7 @@ def evaluate(
     from pathseg.io import list_samples
 
     list_samples(data)  # a bad dataset is reported before the model is loaded
-    opts = _options(window, halo, batch_size, device, precision)
-    lm = _load(model, device)
+    lm, opts = _load(model, device, window, halo, batch_size, precision)
     with _progress() as bar:
         task = bar.add_task("evaluating", total=None)
         res = evaluate_dataset(lm, data, opts, mpp=mpp, watershed=not no_watershed,
@@ -182,6 +185,7 @@ def train_nuclei_cmd(
     lr_decay_every: int = typer.Option(1000, "--lr-decay-every", min=1, help="Multiply the learning rate by 0.95 this often."),
     val_every: int = typer.Option(500, "--val-every", min=1),
     ckpt_every: int = typer.Option(250, "--ckpt-every", min=1),
+    mpp: float = typer.Option(0.25, "--mpp", min=0.01, help="Pixel size of the training images (um/px); recorded in the model."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0 = default)."),
     device: str = DeviceOpt,
@@ -198,7 +202,7 @@ def train_nuclei_cmd(
     cfg = TrainConfig(
         data=[str(d) for d in data], out=str(out_dir), val=str(val) if val else None, partial_fraction=partial_fraction,
         loss=loss, steps=steps, batch_size=batch_size, width=width, lr_decay_every=lr_decay_every,
-        val_every=val_every, ckpt_every=ckpt_every, seed=seed, threads=threads, device=device,
+        val_every=val_every, ckpt_every=ckpt_every, seed=seed, mpp=mpp, threads=threads, device=device,
     )
     with _progress() as bar:
         task = bar.add_task("training", total=steps)
@@ -229,15 +233,18 @@ def models() -> None:
         out.print(card.read_text() if card.is_file() else f"(no model card in {folder})", markup=False, highlight=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"pathseg {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if version:
-        out.print(f"pathseg {__version__}")
-        raise typer.Exit(0)
 
 
 def main() -> None:
@@ -254,13 +261,14 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("pathseg: interrupted; finished images are kept and a re-run resumes", highlight=False)
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # Usage errors arrive here in non-standalone mode. Typer may vendor its own click, so
+        # recognise them by shape (ClickException has show() and exit_code), not by class.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":  # Ctrl-C inside click
+            print("pathseg: interrupted; finished images are kept and a re-run resumes", file=sys.stderr)
             sys.exit(130)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -34,6 +34,7 @@ class FileOutcome:
     seconds: float = 0.0
     error: str = ""
     folder: Path | None = None
+    mpp_assumed: bool = False
 
 
 @dataclass
@@ -70,14 +71,26 @@ def write_result(folder: Path, image: np.ndarray, result: SegmentationResult, in
     write_json(folder / "run.json", info)
 
 
-def _is_done(folder: Path, lm: LoadedModel) -> bool:
-    rj = folder / "run.json"
-    if not rj.is_file():
-        return False
+def fingerprint(path: Path, lm: LoadedModel, options: InferenceOptions, mpp: float | None) -> dict[str, Any]:
+    """What must match for an existing output folder to count as this job's finished result."""
+    st = path.stat()
+    return {
+        "input": str(path.resolve()),
+        "input_size": st.st_size,
+        "input_mtime_ns": st.st_mtime_ns,
+        "model_sha256": lm.sha256,
+        "mpp_option": mpp,
+        "window": options.window,
+        "halo": options.halo,
+        "precision": options.precision,
+    }
+
+
+def _previous(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(rj.read_text()).get("model", {}).get("sha256") == lm.sha256
+        return json.loads((folder / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
 
 
 def segment_files(
@@ -105,25 +118,29 @@ def segment_files(
             if stem in seen:
                 raise PathsegError(f"{path}: same name as {seen[stem]}; their outputs would collide, rename one")
             seen[stem] = path
-            if folder.exists() and not overwrite:
-                if _is_done(folder, lm):
-                    outcome.status = "skipped"
-                    report.outcomes.append(outcome)
-                    if on_file:
-                        on_file(outcome)
-                    continue
-                if (folder / "run.json").exists():
-                    raise PathsegError(f"{folder}: holds results of another model; pass --overwrite or another --out")
+            fp = fingerprint(path, lm, options, mpp) if path.exists() else {}
+            prev = _previous(folder) if folder.exists() else None
+            if prev is not None and not overwrite:
+                if prev.get("fingerprint") != fp:
+                    raise PathsegError(f"{folder}: holds results of another input, model or settings; pass --overwrite or another --out")
+                outcome.status = "skipped"
+                outcome.n_objects = int(prev.get("n_objects", 0))
+                outcome.mpp_assumed = bool(prev.get("mpp_assumed", False))
+                report.outcomes.append(outcome)
+                if on_file:
+                    on_file(outcome)
+                continue
             image, file_mpp = read(path, mpp)
             result = segment(image, lm, mpp=file_mpp, options=options)
             if folder.exists() and overwrite:
                 shutil.rmtree(folder)
-            info = run_info(lm, options, {"input": str(path)})
+            info = run_info(lm, options, {"input": str(path), "fingerprint": fp})
             write_result(folder, image, result, info)
             outcome.n_objects = int(result.labels.max(initial=0))
+            outcome.mpp_assumed = result.mpp_assumed
         except PathsegError as e:
             outcome.status, outcome.error = "failed", str(e)
-        except (ValueError, OSError, MemoryError) as e:
+        except (ValueError, OSError, MemoryError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
             outcome.status, outcome.error = "failed", f"{path}: {type(e).__name__}: {e}"
         outcome.seconds = time.perf_counter() - t0
         report.outcomes.append(outcome)

@@ -30,8 +30,8 @@ class SegmentationResult:
 
     labels: np.ndarray  # (H, W) int32, 0 = background
     table: dict[str, np.ndarray]  # column table, one row per instance
-    mpp: float | None  # pixel size of `labels`
-    mpp_assumed: bool  # True when no mpp was known and the model's was assumed
+    mpp: float | None  # pixel size of `labels`; None when unknown
+    mpp_assumed: bool  # True when no mpp was known: the model's scale was used, um columns are NaN
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -68,14 +68,15 @@ def segment(
     probs = predict_probs(lm.net, work, lm.config.mean, lm.config.std, options, progress)
     t_infer = time.perf_counter()
     pp = postprocess or PostProcess.from_dict(lm.config.postprocess)
+    if probs.shape[1:] != rgb.shape[:2]:
+        # Back to the image's own grid before extracting objects: smooth outlines and true
+        # perimeters, instead of nearest-neighbour blocks from resizing a label map.
+        probs = resize(probs, (probs.shape[0],) + rgb.shape[:2], order=1, preserve_range=True, anti_aliasing=False)
+        pp = pp.scaled(1.0 / scale**2)
     labels = instances_from_probs(probs, pp)
-    if labels.shape != rgb.shape[:2]:
-        labels = resize(labels, rgb.shape[:2], order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-        from pathseg.instances import relabel_sequential
-
-        labels = relabel_sequential(labels)
     t_post = time.perf_counter()
-    table = measure_instances(labels, rgb, eff_mpp)
+    # With no known pixel size the um columns stay empty: a guessed scale would look measured.
+    table = measure_instances(labels, rgb, None if assumed else eff_mpp)
     t_measure = time.perf_counter()
     timings = {
         "read_s": t_read - t0,
@@ -83,7 +84,7 @@ def segment(
         "postprocess_s": t_post - t_infer,
         "measure_s": t_measure - t_post,
     }
-    return SegmentationResult(labels, table, eff_mpp, assumed, timings)
+    return SegmentationResult(labels, table, None if assumed else eff_mpp, assumed, timings)
 
 
 def run_info(lm: LoadedModel, options: InferenceOptions, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,14 @@ class PostProcess:
     marker_threshold: float = 0.5  # p(interior) above this seeds one nucleus per component
     min_marker_px: int = 8  # smaller seeds are noise: they would split one nucleus in two
     min_area_px: int = 20  # smaller objects are dropped (at the model's mpp)
+    max_hole_px: int = 64  # holes up to this size inside nuclei are filled; larger ones (lumens) are not
     watershed: bool = True  # False: connected components of the foreground (ablation)
+
+    def scaled(self, area_factor: float) -> "PostProcess":
+        """The same thresholds for pixels `area_factor` times as large in area."""
+        f = area_factor
+        return replace(self, min_marker_px=max(1, round(self.min_marker_px * f)),
+                       min_area_px=max(1, round(self.min_area_px * f)), max_hole_px=max(0, round(self.max_hole_px * f)))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "PostProcess":
@@ -41,8 +48,7 @@ def instances_from_probs(probs: np.ndarray, pp: PostProcess | None = None) -> np
     With 2 classes, or `watershed=False`, objects are connected components of the foreground.
     """
     pp = pp or PostProcess()
-    fg = (1.0 - probs[0]) > pp.fg_threshold
-    fg = ndi.binary_fill_holes(fg)
+    fg = _fill_small_holes((1.0 - probs[0]) > pp.fg_threshold, pp.max_hole_px)
     if probs.shape[0] < 3 or not pp.watershed:
         lab, _ = ndi.label(fg)
     else:
@@ -56,6 +62,18 @@ def instances_from_probs(probs: np.ndarray, pp: PostProcess | None = None) -> np
         if orphan.max():
             lab = np.where(orphan > 0, orphan + lab.max(), lab)
     return relabel_sequential(_drop_small(lab, pp.min_area_px))
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+    # Only small holes: a ring of touching nuclei around a gland lumen must not become one blob.
+    if max_px <= 0:
+        return mask
+    holes, n = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
+    if not n:
+        return mask
+    small = np.bincount(holes.ravel()) <= max_px
+    small[0] = False
+    return mask | small[holes]
 
 
 def _drop_small(lab: np.ndarray, min_px: int) -> np.ndarray:

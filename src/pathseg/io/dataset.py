@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image
 
 from pathseg.errors import InputError, PathsegError
 from pathseg.io.read import IMAGE_SUFFIXES, open_pillow

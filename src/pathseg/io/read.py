@@ -32,7 +32,7 @@ MPP_RANGE = (0.05, 20.0)
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_MICRON_UNITS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0,
+_MICRON_UNITS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "\u03bcm": 1.0,
                  "\\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
 
 
@@ -92,7 +92,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
             matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             matches = [m for m in matches if m.is_file() and _is_image_name(m)]
             if not matches:
-                log.warning("no images match %s", text)
+                log.debug("no images match %s", text)
             found.extend(matches)
         else:
             # Kept so the caller can report it as a failed input instead of silently dropping it.

@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """How to run a network over an image."""
@@ -26,21 +29,36 @@ class InferenceOptions:
     batch_size: int = 4
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    multiple: int = 1  # the window must be a multiple of this (the network's total stride)
 
     def __post_init__(self) -> None:
+        if self.halo < 0:
+            raise ValueError(f"--halo {self.halo}: must be >= 0")
         if self.window <= 2 * self.halo:
-            raise ValueError(f"window {self.window} must exceed twice the halo {self.halo}")
+            raise ValueError(f"--window {self.window}: must exceed twice the halo ({self.halo})")
+        if self.window % self.multiple:
+            raise ValueError(f"--window {self.window}: must be a multiple of {self.multiple} for this network")
         if self.batch_size < 1:
-            raise ValueError("batch size must be >= 1")
+            raise ValueError("--batch-size must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision}: choose from {', '.join(PRECISIONS)}")
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """Resolve "auto" to CUDA when present, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) present")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {name}: use auto, cpu, cuda or cuda:N")
     return dev
 
 

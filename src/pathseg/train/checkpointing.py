@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,20 @@ from pathseg.models import ModelConfig, save_model
 
 
 def save_training_state(folder: Path, net: torch.nn.Module, cfg: ModelConfig, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Write model, optimizer tensors and counters; the JSON is renamed last, as the commit point."""
+    """Write model, optimizer tensors and counters as one unit: all new or all old after a crash."""
+    tmp_dir = folder.with_name(folder.name + ".tmp")
+    old_dir = folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    _write_state(tmp_dir, net, cfg, opt, state)
+    # Swap folders by renames: at every instant either `folder` or `folder.old` is complete.
+    shutil.rmtree(old_dir, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old_dir)
+    os.replace(tmp_dir, folder)
+    shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def _write_state(folder: Path, net: torch.nn.Module, cfg: ModelConfig, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_model(folder, net, cfg)
     tensors: dict[str, torch.Tensor] = {}
@@ -34,9 +48,12 @@ def save_training_state(folder: Path, net: torch.nn.Module, cfg: ModelConfig, op
 
 def load_training_state(folder: Path, net: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore model and optimizer from `folder`; returns the saved counters or None."""
+    if not (folder / "state.json").is_file():
+        old = folder.with_name(folder.name + ".old")  # a crash between the two renames
+        if not (old / "state.json").is_file():
+            return None
+        folder = old
     sj = folder / "state.json"
-    if not sj.is_file():
-        return None
     meta = json.loads(sj.read_text())
     net.load_state_dict(load_file(str(folder / "model.safetensors")))
     flat = load_file(str(folder / "optimizer.safetensors"))

@@ -72,7 +72,8 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 
 def _check_resume(run: Path, cfg: TrainConfig) -> None:
     saved = run / "train_config.json"
-    if not saved.is_file():
+    # Only a run that saved a checkpoint binds the folder; a start that failed early does not.
+    if not saved.is_file() or not ((run / "checkpoint").is_dir() or (run / "checkpoint.old").is_dir()):
         return
     old = json.loads(saved.read_text())
     new = json.loads(json.dumps(cfg.to_dict()))
@@ -117,7 +118,6 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
     except OSError as e:
         raise OutputError(f"{run}: cannot create the run folder ({e.strerror})") from None
     _check_resume(run, cfg)
-    (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -125,7 +125,7 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
 
     items: list[PreparedImage] = []
     for d in cfg.data:
-        items += prepare_dataset(d, cfg.partial_fraction, cfg.seed, cfg.weights)
+        items += prepare_dataset(d, cfg.partial_fraction, cfg.seed, cfg.weights, cfg.mpp)
     index = [(i, y, x) for i, it in enumerate(items) for y, x in patch_grid(it, cfg.patch, cfg.stride)]
     if not index:
         raise InputError(f"{', '.join(cfg.data)}: no {cfg.patch}-px patch has enough annotated nuclei and background")
@@ -133,6 +133,7 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
     if cfg.val:
         val = [(s.name, read_image(s.image)[0], read_label(s.label)) for s in list_samples(cfg.val)]
     log.info("%d training images, %d patches, %d validation images", len(items), len(index), len(val))
+    (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     net = create_model("unet", in_channels=3, num_classes=3, width=cfg.width, levels=cfg.levels).to(device)
     net = net.to(memory_format=torch.channels_last)
@@ -174,10 +175,13 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
         step += 1
         running.append(loss.item())
         record: dict[str, Any] = {}
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        # Validation follows its own schedule only, so a run stopped and resumed selects its
+        # best model from exactly the same evaluations as an uninterrupted one.
+        do_val = bool(val) and step % cfg.val_every == 0
+        if do_val or step % cfg.ckpt_every == 0 or step == cfg.steps:
             record = {"step": step, "loss": float(np.mean(running)), "lr": _lr_at(cfg, step - 1), "seconds": time.perf_counter() - t0}
             running = []
-            if val and (step % cfg.val_every == 0 or step == cfg.steps):
+            if do_val:
                 record["val"] = _validate(net, mcfg, val, device)
                 if state["best"] is None or record["val"]["aji"] > state["best"]["val"]["aji"]:
                     state["best"] = record

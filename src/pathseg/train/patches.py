@@ -53,13 +53,16 @@ def drop_annotations(labels: np.ndarray, fraction: float, rng: np.random.Generat
 
 
 def prepare_dataset(
-    root: str | Path, partial_fraction: float = 1.0, seed: int = 0, wcfg: WeightConfig | None = None
+    root: str | Path, partial_fraction: float = 1.0, seed: int = 0, wcfg: WeightConfig | None = None,
+    mpp: float | None = None,
 ) -> list[PreparedImage]:
     """Read a dataset folder and build targets and weight maps for every image."""
     wcfg = wcfg or WeightConfig()
     out = []
     for i, s in enumerate(list_samples(root)):
-        image, _ = read_image(s.image)
+        image, file_mpp = read_image(s.image)
+        if mpp and file_mpp and abs(file_mpp / mpp - 1) > 0.1:
+            log.warning("%s: file says %.3f um/px but training assumes %.3f (--mpp)", s.image, file_mpp, mpp)
         labels = read_label(s.label)
         check_pair(image, labels, s.name)
         rng = np.random.default_rng([seed, i])
