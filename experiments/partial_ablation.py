@@ -49,7 +49,7 @@ def main() -> None:
                 subprocess.run([sys.executable, "-m", "pathseg", "evaluate", "--model", str(run), "--data",
                                 str(a.data / "test"), "--json", str(ev)], check=True)
             summary = json.loads(ev.read_text())["summary"]
-            row = {"fraction": float(frac), "loss": loss, "train_s": round(train_s, 1), "command": " ".join(train[1:])}
+            row = {"fraction": float(frac), "loss": loss, "train_s": round(train_s, 1), "command": " ".join(["pathseg", *train[3:]])}
             row.update({m: summary[m]["mean"] for m in METRICS})
             row.update({m + "_std": summary[m]["std"] for m in METRICS})
             results.append(row)

@@ -118,11 +118,14 @@ def test_resume_refuses_a_different_image_with_the_same_name(tmp_path, tiny_mode
 
 
 def test_evaluate_prints_table_and_writes_json(synthetic_dataset, tmp_path, tiny_model):
-    r = run("evaluate", "--model", str(tiny_model), "--data", str(synthetic_dataset), "--json", str(tmp_path / "e.json"), "--mpp", "0.5", "--window", "64", "--halo", "8")
+    (tmp_path / "groups.csv").write_text("name,group\nimg0,patientA\nimg1,patientB\n")
+    r = run("evaluate", "--model", str(tiny_model), "--data", str(synthetic_dataset), "--json", str(tmp_path / "e.json"),
+            "--mpp", "0.5", "--window", "64", "--halo", "8", "--groups", str(tmp_path / "groups.csv"))
     assert r.returncode == 0, r.stderr
     assert "aji" in r.stdout and "seconds" in r.stdout
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["summary"]["dice"]["n"] == 2 and len(res["per_image"]) == 2
+    assert set(res["summary"]["groups"]) == {"patientA", "patientB"}
 
 
 def test_models_lists_builtin_cards():

@@ -34,4 +34,5 @@ def test_builtin_model_holds_its_accuracy_on_monuseg_test(shared_data):
     assert dice > DICE_FLOOR and aji > AJI_FLOOR, (dice, aji)
 
 
-DICE_FLOOR, AJI_FLOOR = 0.70, 0.45
+# Measured on these three images: Dice 0.804, AJI 0.589 (model card). The floors sit below.
+DICE_FLOOR, AJI_FLOOR = 0.75, 0.52

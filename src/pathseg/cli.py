@@ -153,16 +153,18 @@ def evaluate(
     halo: int = HaloOpt,
     precision: str = PrecisionOpt,
     no_watershed: bool = typer.Option(False, "--no-watershed", help="Connected components instead of watershed (ablation)."),
+    groups_csv: Optional[Path] = typer.Option(None, "--groups", help="CSV name,group (e.g. patient): adds per-group aggregates."),
 ) -> None:
     """Compare a model's instances with a labelled dataset: Dice, IoU, AJI, AJI+, PQ, F1, SBD."""
-    from pathseg.evaluate import evaluate_dataset
+    from pathseg.evaluate import evaluate_dataset, read_groups
     from pathseg.io import list_samples
 
-    list_samples(data)  # a bad dataset is reported before the model is loaded
+    list_samples(data)  # a bad dataset or groups file is reported before the model is loaded
+    groups = read_groups(groups_csv) if groups_csv else None
     lm, opts = _load(model, device, window, halo, batch_size, precision)
     with _progress() as bar:
         task = bar.add_task("evaluating", total=None)
-        res = evaluate_dataset(lm, data, opts, mpp=mpp, watershed=not no_watershed,
+        res = evaluate_dataset(lm, data, opts, mpp=mpp, watershed=not no_watershed, groups=groups,
                                on_image=lambda i, n: bar.update(task, completed=i, total=n))
     out.print(res["table"], highlight=False)
     if json_path is not None:
