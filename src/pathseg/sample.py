@@ -8,7 +8,7 @@ SAMPLE_NAME = "skimage-ihc"
 SAMPLE_DESCRIPTION = (
     "scikit-image's `data.immunohistochemistry()`: a 512x512 real brightfield micrograph of "
     "human colon tissue, IHC for FHL2 (brown DAB) with haematoxylin-counterstained (blue) "
-    "nuclei; public domain (skimage data README). Scanned at about 0.5 um/px."
+    "nuclei; no known copyright restrictions (scikit-image). About 0.5 um/px (our estimate from nucleus size)."
 )
 # Estimated from the image: its nuclei are ~15 px across, half the ~30 px of MoNuSeg's 0.25 um/px.
 SAMPLE_MPP = 0.5
