@@ -63,3 +63,18 @@ def test_progress_counts_every_window():
     predict_probs(net, np.zeros((50, 50, 3), np.uint8), [0.5] * 3, [0.25] * 3,
                   InferenceOptions(window=32, halo=8, batch_size=2), progress=seen.append)
     assert sum(seen) == len(window_grid(50, 32, 8)) ** 2
+
+
+def test_tta_is_the_mean_over_flips():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    net = LocalNet().eval()
+    mean, std = [0.5] * 3, [0.25] * 3
+    got = predict_probs(net, image, mean, std, InferenceOptions(window=32, halo=8, batch_size=2, tta=True))
+    expected = np.mean([
+        _whole(net, np.ascontiguousarray(image[::sy, ::sx]), mean, std)[:, ::sy, ::sx]
+        for sy in (1, -1) for sx in (1, -1)
+    ], axis=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    plain = predict_probs(net, image, mean, std, InferenceOptions(window=32, halo=8, batch_size=2))
+    assert np.abs(got - plain).max() > 1e-3  # the flips do change the answer of a non-symmetric net

@@ -25,6 +25,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]")
 WindowOpt = typer.Option(512, "--window", help="Inference window (px); 256 with --halo 64 is the paper's scheme.")
 HaloOpt = typer.Option(64, "--halo", help="Context margin dropped from each window side (px).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16")
+TtaOpt = typer.Option(False, "--tta", help="Average over the 4 flips of each window: more accurate, 4x slower.")
 
 
 def _progress() -> Progress:
@@ -34,25 +35,25 @@ def _progress() -> Progress:
     )
 
 
-def _options(window: int, halo: int, batch_size: int, device: str, precision: str, multiple: int = 16):
+def _options(window: int, halo: int, batch_size: int, device: str, precision: str, multiple: int = 16, tta: bool = False):
     from pathseg.tiling import InferenceOptions, pick_device
 
     try:
         pick_device(device)
         return InferenceOptions(window=window, halo=halo, batch_size=batch_size, device=device, precision=precision,
-                                multiple=multiple)
+                                multiple=multiple, tta=tta)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{str(e).splitlines()[0]}") from None
 
 
-def _load(model: str, device: str, window: int, halo: int, batch_size: int, precision: str):
+def _load(model: str, device: str, window: int, halo: int, batch_size: int, precision: str, tta: bool = False):
     """Load the model, then check the inference options against it."""
     from pathseg.models import load_model
     from pathseg.tiling import pick_device
 
     _options(window, halo, batch_size, device, precision, multiple=1)  # device/precision first: cheap
     lm = load_model(model, pick_device(device))
-    return lm, _options(window, halo, batch_size, device, precision, getattr(lm.net, "required_multiple", 1))
+    return lm, _options(window, halo, batch_size, device, precision, getattr(lm.net, "required_multiple", 1), tta)
 
 
 def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool) -> int:
@@ -125,6 +126,7 @@ def segment_cmd(
     window: int = WindowOpt,
     halo: int = HaloOpt,
     precision: str = PrecisionOpt,
+    tta: bool = TtaOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
 ) -> None:
     """Segment images; writes labels, overlay, table, QuPath GeoJSON and run.json per image."""
@@ -136,7 +138,7 @@ def segment_cmd(
     paths = list_images(inputs)
     if not paths:
         raise InputError(f"{' '.join(inputs)}: no images found")
-    lm, opts = _load(model, device, window, halo, batch_size, precision)
+    lm, opts = _load(model, device, window, halo, batch_size, precision, tta)
     ensure_output_dir(out_dir, overwrite=True)  # existing per-image folders are resumed, not clobbered
     raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite))
 
@@ -152,6 +154,7 @@ def evaluate(
     window: int = WindowOpt,
     halo: int = HaloOpt,
     precision: str = PrecisionOpt,
+    tta: bool = TtaOpt,
     no_watershed: bool = typer.Option(False, "--no-watershed", help="Connected components instead of watershed (ablation)."),
     groups_csv: Optional[Path] = typer.Option(None, "--groups", help="CSV name,group (e.g. patient): adds per-group aggregates."),
 ) -> None:
@@ -161,7 +164,7 @@ def evaluate(
 
     list_samples(data)  # a bad dataset or groups file is reported before the model is loaded
     groups = read_groups(groups_csv) if groups_csv else None
-    lm, opts = _load(model, device, window, halo, batch_size, precision)
+    lm, opts = _load(model, device, window, halo, batch_size, precision, tta)
     with _progress() as bar:
         task = bar.add_task("evaluating", total=None)
         res = evaluate_dataset(lm, data, opts, mpp=mpp, watershed=not no_watershed, groups=groups,

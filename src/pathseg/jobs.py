@@ -83,6 +83,7 @@ def fingerprint(path: Path, lm: LoadedModel, options: InferenceOptions, mpp: flo
         "window": options.window,
         "halo": options.halo,
         "precision": options.precision,
+        "tta": options.tta,
     }
 
 

@@ -104,6 +104,7 @@ def run_info(lm: LoadedModel, options: InferenceOptions, extra: dict[str, Any] |
             "batch_size": options.batch_size,
             "device": options.device,
             "precision": options.precision,
+            "tta": options.tta,
         },
         "postprocess": lm.config.postprocess,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -30,6 +30,7 @@ class InferenceOptions:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
     multiple: int = 1  # the window must be a multiple of this (the network's total stride)
+    tta: bool = False  # average the softmax over the 4 flips of each window (4x the compute)
 
     def __post_init__(self) -> None:
         if self.halo < 0:
@@ -123,8 +124,15 @@ def predict_probs(
         x = torch.from_numpy(tiles).to(dev).permute(0, 3, 1, 2).float()
         x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
         with autocast_context(dev, opts.precision):
-            logits = net(x)
-        probs = torch.softmax(logits.float(), dim=1)[:, :, halo : halo + core, halo : halo + core].cpu().numpy()
+            if opts.tta:
+                # Flips are exact symmetries of a tissue image; averaging over them removes
+                # orientation-dependent errors of the network.
+                flips = ((), (-1,), (-2,), (-2, -1))
+                prob = sum(torch.softmax(net(x.flip(f) if f else x).float(), 1).flip(f) if f
+                           else torch.softmax(net(x).float(), 1) for f in flips) / len(flips)
+            else:
+                prob = torch.softmax(net(x).float(), dim=1)
+        probs = prob[:, :, halo : halo + core, halo : halo + core].cpu().numpy()
         if out is None:
             out = np.zeros((probs.shape[1], h, w), np.float32)
         for p, (y, x0) in zip(probs, batch):
