@@ -438,3 +438,13 @@ def test_ensure_output_dir_read_only(tmp_path):
             ensure_output_dir(locked)
     finally:
         locked.chmod(0o700)
+
+
+def test_polygons_drop_collinear_vertices_without_changing_the_shape():
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:15, 3:13] = 1
+    ring = np.array(instance_polygons(labels)[1])
+    # Marching squares cuts the 4 corners: 8 distinct vertices plus the closing one.
+    assert len(ring) == 9
+    area = 0.5 * abs(np.dot(ring[:-1, 0], ring[1:, 1]) - np.dot(ring[1:, 0], ring[:-1, 1]))
+    assert area == pytest.approx(100 - 4 * 0.125)

@@ -142,7 +142,7 @@ def _csv_cell(value: Any) -> Any:
 
 
 def instance_polygons(
-    labels: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.5
+    labels: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.0
 ) -> dict[int, list[list[float]]]:
     """Outer-boundary polygon ring of every instance, counter-clockwise and closed, in (x, y).
 
@@ -166,6 +166,9 @@ def instance_polygons(
         contour = max(contours, key=len)
         if len(contours) > 1:
             log.debug("instance %d: %d contours (holes or parts), keeping the outer/longest", instance, len(contours))
+        # Dropping collinear vertices is lossless and vectorised; Douglas-Peucker (`simplify`
+        # > 0) shrinks files further but costs ~2 ms per nucleus in scikit-image.
+        contour = _drop_collinear(contour)
         ring = approximate_polygon(contour, tolerance=simplify) if simplify > 0 else contour
         if len(ring) < 4:
             ring = contour  # tiny objects: keep the unsimplified outline rather than lose them
@@ -182,6 +185,21 @@ def instance_polygons(
             points.append(list(points[0]))
         rings[instance] = points
     return rings
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Keep only the vertices of a closed ring where the direction changes (plus the closure)."""
+    if len(ring) < 4:
+        return ring
+    d = np.diff(ring, axis=0)  # segment i runs from vertex i to i+1; ring[-1] == ring[0]
+    prev = np.roll(d, 1, axis=0)
+    cross = prev[:, 0] * d[:, 1] - prev[:, 1] * d[:, 0]
+    same_dir = np.isclose(cross, 0.0) & ((prev * d).sum(1) > 0)
+    keep = ~same_dir
+    pts = ring[:-1][keep]
+    if len(pts) < 3:
+        return ring
+    return np.vstack([pts, pts[:1]])
 
 
 def _signed_area(xs: np.ndarray, ys: np.ndarray) -> float:
