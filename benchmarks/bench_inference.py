@@ -25,7 +25,7 @@ import torch
 
 from pathseg.instances import PostProcess, instances_from_probs
 from pathseg.io import read_image, write_geojson, write_label_map, write_overlay, write_table_csv
-from pathseg.measure import measure_instances, table_rows
+from pathseg.measure import measure_instances
 from pathseg.models import load_model
 from pathseg.tiling import InferenceOptions, predict_probs
 
@@ -86,8 +86,7 @@ def main() -> None:
         write_label_map(Path(d) / "l.png", labels)
         write_overlay(Path(d) / "o.png", image, labels)
         write_table_csv(Path(d) / "t.csv", table)
-        rws = table_rows(table)
-        write_geojson(Path(d) / "g.geojson", labels, {int(r["id"]): r for r in rws})
+        write_geojson(Path(d) / "g.geojson", labels, table)
     t3 = time.perf_counter()
     stages = {"instances_s": t1 - t0, "measure_s": t2 - t1, "write_s": t3 - t2, "n_objects": int(labels.max())}
     print(json.dumps(stages))

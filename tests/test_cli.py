@@ -47,6 +47,9 @@ def test_segment_writes_every_output_and_resumes(tmp_path, tiny_model):
         assert set(info["timings"]) >= {"infer_s", "postprocess_s", "write_s"}
         gj = json.loads((out / stem / "objects.geojson").read_text())
         assert gj["type"] == "FeatureCollection" and len(gj["features"]) == info["n_objects"]
+        for feat in gj["features"]:
+            m = feat["properties"]["measurements"]
+            assert "area_px" in m and "solidity" in m and "id" not in m
         with open(out / stem / "objects.csv") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == info["n_objects"]

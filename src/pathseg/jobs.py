@@ -13,8 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pathseg.errors import PathsegError
-from pathseg.io import write_geojson, write_json, write_label_map, write_overlay, write_table_csv
-from pathseg.measure import table_rows
+from pathseg.io import read_image, write_geojson, write_json, write_label_map, write_overlay, write_table_csv
 from pathseg.models import LoadedModel
 from pathseg.pipeline import SegmentationResult, run_info, segment
 from pathseg.tiling import InferenceOptions
@@ -62,11 +61,9 @@ def write_result(folder: Path, image: np.ndarray, result: SegmentationResult, in
     write_label_map(folder / label_name, labels)
     write_overlay(folder / "overlay.png", image, labels)
     write_table_csv(folder / "objects.csv", result.table)
-    rows = table_rows(result.table)
-    props = {int(r["id"]): {k: v for k, v in r.items() if k != "id"} for r in rows}
-    write_geojson(folder / "objects.geojson", labels, props)
+    write_geojson(folder / "objects.geojson", labels, result.table)
     timings = dict(result.timings, write_s=time.perf_counter() - t0)
-    info = dict(info, n_objects=len(rows), mpp=result.mpp, mpp_assumed=result.mpp_assumed, timings=timings,
+    info = dict(info, n_objects=len(result.table["id"]), mpp=result.mpp, mpp_assumed=result.mpp_assumed, timings=timings,
                 image_shape=list(image.shape), label_file=label_name)
     write_json(folder / "run.json", info)
 
@@ -102,12 +99,8 @@ def segment_files(
     mpp: float | None = None,
     overwrite: bool = False,
     on_file: Callable[[FileOutcome], None] | None = None,
-    read: Callable[[Path, float | None], tuple[np.ndarray, float | None]] | None = None,
 ) -> JobReport:
     """Segment every path into ``out/<stem>/``; finished folders are skipped unless overwrite."""
-    from pathseg.io import read_image
-
-    read = read or read_image
     report = JobReport()
     seen: dict[str, Path] = {}
     for path in paths:
@@ -131,7 +124,7 @@ def segment_files(
                 if on_file:
                     on_file(outcome)
                 continue
-            image, file_mpp = read(path, mpp)
+            image, file_mpp = read_image(path, mpp)
             result = segment(image, lm, mpp=file_mpp, options=options)
             if folder.exists() and overwrite:
                 shutil.rmtree(folder)

@@ -252,7 +252,7 @@ def _properties_by_id(properties: Mapping | None) -> dict[int, Mapping]:
         return {}
     if "id" in properties and not isinstance(next(iter(properties)), (int, np.integer)):
         ids = np.asarray(properties["id"]).ravel()
-        cols = {k: np.asarray(v).ravel() for k, v in properties.items()}
+        cols = {k: np.asarray(v).ravel() for k, v in properties.items() if k != "id"}  # the id is the key
         return {int(i): {k: c[n] for k, c in cols.items()} for n, i in enumerate(ids)}
     return {int(k): v for k, v in properties.items()}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,20 +197,13 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
 
     final = run / "model"
     if val and state["best"] is not None:
-        src = run / "best"
-        save_model(final, _load_into(net, src), _final_config(mcfg, state["best"]))
+        # best/ already holds the selected weights and config: publish it as the final model.
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(run / "best", final)
     else:
         save_model(final, net, _final_config(mcfg, state["history"][-1] if state["history"] else {}))
     return final
 
 
 def _final_config(mcfg: ModelConfig, record: dict[str, Any]) -> ModelConfig:
-    cfg = dataclasses.replace(mcfg, training=dict(mcfg.training, selected=record))
-    return cfg
-
-
-def _load_into(net: torch.nn.Module, folder: Path) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    net.load_state_dict(load_file(str(folder / "model.safetensors")))
-    return net
+    return dataclasses.replace(mcfg, training=dict(mcfg.training, selected=record))
