@@ -6,11 +6,17 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from pathseg._version import __version__
 from pathseg.errors import InputError, PathsegError
@@ -56,14 +62,28 @@ def _load(model: str, device: str, window: int, halo: int, batch_size: int, prec
     return lm, _options(window, halo, batch_size, device, precision, getattr(lm.net, "required_multiple", 1), tta)
 
 
-def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool) -> int:
-    from pathseg.jobs import segment_files
+def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool, slide_opts=None, roi=None, cohort: bool = False,
+             scheduler: str | None = None, workers: int | None = None, model: str = "") -> int:
+    from pathseg.io.slide import is_slide
+    from pathseg.jobs import segment_files, segment_slides
 
+    slides = [p for p in paths if p.exists() and is_slide(p)]
+    images = [p for p in paths if p not in slides]
     with _progress() as bar:
-        task = bar.add_task("segmenting", total=len(paths))
+        # One bar over images (1 unit each) and slide tiles; slides announce their size when tiled.
+        task = bar.add_task("segmenting", total=len(images) or None)
+        totals = {"known": len(images)}
+
+        def on_progress(advance: int, total: int) -> None:
+            if advance == 0:
+                totals["known"] += total
+                bar.update(task, total=totals["known"])
+            else:
+                bar.advance(task, advance)
 
         def on_file(o) -> None:
-            bar.advance(task)
+            if o.path in images:
+                bar.advance(task)
             if o.status == "failed":
                 err.print(f"failed {o.error}", highlight=False, soft_wrap=True, markup=False)
             elif o.status == "skipped":
@@ -72,18 +92,30 @@ def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool) -> int:
                 err.print(f"warning {o.path}: no pixel size in the file; segmented at the model's scale, "
                           "um columns left empty (pass --mpp)", highlight=False, soft_wrap=True, markup=False)
 
-        report = segment_files(paths, lm, out_dir, opts, mpp=mpp, overwrite=overwrite, on_file=on_file)
+        outcomes = []
+        if images:
+            outcomes += segment_files(images, lm, out_dir, opts, mpp=mpp, overwrite=overwrite, on_file=on_file).outcomes
+        if slides and cohort:
+            from pathseg.cohort import run_cohort
+
+            outcomes += run_cohort(slides, model, out_dir, slide_opts, mpp=mpp, roi=roi, overwrite=overwrite,
+                                   scheduler=scheduler, workers=workers, progress=on_progress, on_file=on_file).outcomes
+        elif slides:
+            outcomes += segment_slides(slides, lm, out_dir, slide_opts, mpp=mpp, roi=roi, overwrite=overwrite,
+                                       progress=on_progress, on_file=on_file).outcomes
     from pathseg.io import write_table_csv
 
     rows = [
-        {"input": str(o.path), "status": o.status, "n_objects": o.n_objects, "seconds": round(o.seconds, 3),
-         "mpp_assumed": o.mpp_assumed, "folder": str(o.folder or ""), "error": o.error}
-        for o in report.outcomes
+        {"input": str(o.path), "kind": "slide" if o.path in slides else "image", "status": o.status,
+         "n_objects": o.n_objects, "seconds": round(o.seconds, 3), "mpp_assumed": o.mpp_assumed,
+         "folder": str(o.folder or ""), "error": o.error}
+        for o in outcomes
     ]
     write_table_csv(out_dir / "summary.csv", rows)
-    done = sum(o.status == "done" for o in report.outcomes)
-    out.print(f"{done} segmented, {len(paths) - done - report.n_failed} skipped, {report.n_failed} failed -> {out_dir}", highlight=False)
-    return 1 if report.n_failed else 0
+    n_failed = sum(o.status == "failed" for o in outcomes)
+    done = sum(o.status == "done" for o in outcomes)
+    out.print(f"{done} segmented, {len(paths) - done - n_failed} skipped, {n_failed} failed -> {out_dir}", highlight=False)
+    return 1 if n_failed else 0
 
 
 @app.command()
@@ -96,14 +128,14 @@ def demo(
 
     from pathseg.io import ensure_output_dir
     from pathseg.jobs import write_result
-    from pathseg.pipeline import run_info, segment
+    from pathseg.pipeline import run_info, segment_image
     from pathseg.sample import SAMPLE_DESCRIPTION, SAMPLE_MPP, SAMPLE_NAME, sample_image
 
     t0 = time.perf_counter()
     lm, opts = _load("nuclei-he", device, 512, 64, 4, "auto")
     image = sample_image()
     ensure_output_dir(out_dir, overwrite=True)
-    result = segment(image, lm, mpp=SAMPLE_MPP, options=opts)
+    result = segment_image(image, lm, mpp=SAMPLE_MPP, options=opts)
     folder = out_dir / SAMPLE_NAME
     write_result(folder, image, result, run_info(lm, opts, {"input": SAMPLE_NAME, "input_description": SAMPLE_DESCRIPTION}))
     area = result.table["area_um2"]
@@ -117,10 +149,10 @@ def demo(
 
 @app.command("segment")
 def segment_cmd(
-    inputs: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     model: str = typer.Option("nuclei-he", "--model", help="Built-in model name or a model folder."),
     out_dir: Path = typer.Option(..., "--out", help="Output folder; one sub-folder per image."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="Pixel size in um/px (overrides file metadata)."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Pixel size in um/px (overrides file metadata)."),
     device: str = DeviceOpt,
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     window: int = WindowOpt,
@@ -128,8 +160,17 @@ def segment_cmd(
     precision: str = PrecisionOpt,
     tta: bool = TtaOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
+    roi: str | None = typer.Option(None, "--roi", help="Slides: only this region, 'x,y,w,h' in level-0 px or a GeoJSON file."),
+    tile: int = typer.Option(2048, "--tile", help="Slides: tile size read and inferred at once (working px)."),
+    margin: int = typer.Option(128, "--margin", help="Slides: context for objects cut by tile borders (px, >= largest object radius)."),
+    readers: int = typer.Option(2, "--readers", min=1, help="Slides: threads reading tiles ahead of the network."),
+    no_tissue: bool = typer.Option(False, "--no-tissue", help="Slides: process every tile, not only detected tissue."),
+    keep_probs: bool = typer.Option(False, "--keep-probs", help="Slides: keep the class-probability zarr."),
+    cohort: bool = typer.Option(False, "--cohort", help="Slides: spread them over a Dask cluster (a local one by default)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="With --cohort: address of a running Dask scheduler."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="With --cohort and no --scheduler: local worker processes."),
 ) -> None:
-    """Segment images; writes labels, overlay, table, QuPath GeoJSON and run.json per image."""
+    """Segment images and whole slides; writes labels, overlay, table, QuPath GeoJSON and run.json for each."""
     from pathseg.io import list_images
     from pathseg.io.write import ensure_output_dir
 
@@ -138,17 +179,28 @@ def segment_cmd(
     paths = list_images(inputs)
     if not paths:
         raise InputError(f"{' '.join(inputs)}: no images found")
+    if roi is not None:
+        from pathseg.tiling.tissue import parse_roi
+
+        parse_roi(roi)  # a bad ROI is reported before any work starts
     lm, opts = _load(model, device, window, halo, batch_size, precision, tta)
+    try:
+        from pathseg.wsi import SlideOptions
+
+        slide_opts = SlideOptions(inference=opts, tile=tile, margin=margin, readers=readers, tissue=not no_tissue,
+                                  keep_probs=keep_probs)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     ensure_output_dir(out_dir, overwrite=True)  # existing per-image folders are resumed, not clobbered
-    raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite))
+    raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite, slide_opts, roi, cohort, scheduler, workers, model))
 
 
 @app.command()
 def evaluate(
     model: str = typer.Option("nuclei-he", "--model", help="Built-in model name or a model folder."),
     data: Path = typer.Option(..., "--data", help="Dataset folder with images/ and labels/."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the table and per-image values here."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="Pixel size of the dataset images (um/px)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the table and per-image values here."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Pixel size of the dataset images (um/px)."),
     device: str = DeviceOpt,
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     window: int = WindowOpt,
@@ -156,7 +208,7 @@ def evaluate(
     precision: str = PrecisionOpt,
     tta: bool = TtaOpt,
     no_watershed: bool = typer.Option(False, "--no-watershed", help="Connected components instead of watershed (ablation)."),
-    groups_csv: Optional[Path] = typer.Option(None, "--groups", help="CSV name,group (e.g. patient): adds per-group aggregates."),
+    groups_csv: Path | None = typer.Option(None, "--groups", help="CSV name,group (e.g. patient): adds per-group aggregates."),
 ) -> None:
     """Compare a model's instances with a labelled dataset: Dice, IoU, AJI, AJI+, PQ, F1, SBD."""
     from pathseg.evaluate import evaluate_dataset, read_groups
@@ -179,9 +231,9 @@ def evaluate(
 
 @train_app.command("nuclei")
 def train_nuclei_cmd(
-    data: List[Path] = typer.Option(..., "--data", help="Training dataset folder(s) (images/ + labels/)."),
+    data: list[Path] = typer.Option(..., "--data", help="Training dataset folder(s) (images/ + labels/)."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder; an existing run with the same settings is resumed."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Validation dataset; the best checkpoint by AJI is kept."),
+    val: Path | None = typer.Option(None, "--val", help="Validation dataset; the best checkpoint by AJI is kept."),
     partial_fraction: float = typer.Option(1.0, "--partial-fraction", min=0.0, max=1.0, help="Keep this random fraction of annotated nuclei."),
     loss: str = typer.Option("weighted_ce", "--loss", help="weighted_ce (partial annotations) or ce."),
     steps: int = typer.Option(20000, "--steps", min=1),

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pathseg.errors import InputError
 from pathseg.instances import PostProcess
 from pathseg.io import check_pair, list_samples, read_image, read_label
 from pathseg.metrics import evaluate_pair, format_table, summarise
 from pathseg.models import LoadedModel
-from pathseg.pipeline import run_info, segment
+from pathseg.pipeline import run_info, segment_image
 from pathseg.tiling import InferenceOptions
 
 
@@ -35,7 +36,7 @@ def evaluate_dataset(
         labels = read_label(s.label)
         check_pair(image, labels, s.name)
         t0 = time.perf_counter()
-        res = segment(image, lm, mpp=file_mpp, options=options, postprocess=pp)
+        res = segment_image(image, lm, mpp=file_mpp, options=options, postprocess=pp)
         seconds = time.perf_counter() - t0
         row = {"name": s.name, **evaluate_pair(labels, res.labels), "seconds": seconds}
         row.update({k: v for k, v in res.timings.items() if k != "read_s"})  # reading is outside segment() here

@@ -6,16 +6,24 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from pathseg.errors import PathsegError
-from pathseg.io import read_image, write_geojson, write_json, write_label_map, write_overlay, write_table_csv
+from pathseg.io import (
+    read_image,
+    write_geojson,
+    write_json,
+    write_label_map,
+    write_overlay,
+    write_table_csv,
+)
 from pathseg.models import LoadedModel
-from pathseg.pipeline import SegmentationResult, run_info, segment
+from pathseg.pipeline import SegmentationResult, run_info, segment_image
 from pathseg.tiling import InferenceOptions
 
 log = logging.getLogger(__name__)
@@ -125,7 +133,7 @@ def segment_files(
                     on_file(outcome)
                 continue
             image, file_mpp = read_image(path, mpp)
-            result = segment(image, lm, mpp=file_mpp, options=options)
+            result = segment_image(image, lm, mpp=file_mpp, options=options)
             if folder.exists() and overwrite:
                 shutil.rmtree(folder)
             info = run_info(lm, options, {"input": str(path), "fingerprint": fp})
@@ -137,6 +145,56 @@ def segment_files(
         except (ValueError, OSError, MemoryError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
             outcome.status, outcome.error = "failed", f"{path}: {type(e).__name__}: {e}"
         outcome.seconds = time.perf_counter() - t0
+        report.outcomes.append(outcome)
+        if on_file:
+            on_file(outcome)
+    return report
+
+
+def segment_one_slide(
+    path: Path,
+    lm: LoadedModel,
+    out: Path,
+    options: Any,  # pathseg.wsi.SlideOptions
+    mpp: float | None = None,
+    roi: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> FileOutcome:
+    """Segment one whole slide into ``out/<name>/``; any failure is caught and recorded in the outcome."""
+    from pathseg.wsi import segment_slide
+
+    t0 = time.perf_counter()
+    outcome = FileOutcome(path=path, status="done")
+    try:
+        result = segment_slide(path, lm, out=out, mpp=mpp, roi=roi, options=options, overwrite=overwrite,
+                               progress=progress)
+        outcome.status = result.status
+        outcome.folder = result.folder
+        outcome.n_objects = int(result.summary.get("n_objects", 0))
+    except PathsegError as e:
+        outcome.status, outcome.error = "failed", str(e)
+    except (ValueError, OSError, MemoryError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
+        outcome.status, outcome.error = "failed", f"{path}: {type(e).__name__}: {e}"
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def segment_slides(
+    paths: Sequence[Path],
+    lm: LoadedModel,
+    out: Path,
+    options: Any,
+    mpp: float | None = None,
+    roi: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    on_file: Callable[[FileOutcome], None] | None = None,
+) -> JobReport:
+    """Segment whole slides one after another in this process; a failing slide never stops the rest."""
+    report = JobReport()
+    for path in paths:
+        outcome = segment_one_slide(path, lm, out, options, mpp, roi, overwrite, progress)
         report.outcomes.append(outcome)
         if on_file:
             on_file(outcome)

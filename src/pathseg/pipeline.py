@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from skimage.transform import rescale, resize
@@ -39,6 +40,10 @@ def _as_model(model: LoadedModel | str | Path) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else load_model(model)
 
 
+# Arrays above this many pixels go through the slide engine (tiles, bounded memory).
+LARGE_PIXELS = 8192 * 8192
+
+
 def segment(
     image: np.ndarray | str | Path,
     model: LoadedModel | str | Path = "nuclei-he",
@@ -46,8 +51,32 @@ def segment(
     options: InferenceOptions | None = None,
     postprocess: PostProcess | None = None,
     progress: Callable[[int], None] | None = None,
+) -> Any:
+    """Segment every object in an image, a whole slide or a large array, in memory, and measure it.
+
+    Returns a SegmentationResult (labels as a numpy array) for ordinary images, and for a
+    slide file or an array above LARGE_PIXELS a ``pathseg.wsi.SlideResult`` whose labels are
+    an in-memory zarr array (index it, e.g. ``result.labels[0:2048, 0:2048]``) and whose
+    table centroids are in level-0 pixels.
+    """
+    lm = _as_model(model)
+    if _wants_slide_engine(image):
+        from pathseg.wsi import SlideOptions, segment_slide
+
+        slide_opts = SlideOptions(inference=options) if options is not None else SlideOptions()
+        return segment_slide(image, lm, out=None, mpp=mpp, options=slide_opts)
+    return segment_image(image, lm, mpp, options, postprocess, progress)
+
+
+def segment_image(
+    image: np.ndarray | str | Path,
+    model: LoadedModel | str | Path = "nuclei-he",
+    mpp: float | None = None,
+    options: InferenceOptions | None = None,
+    postprocess: PostProcess | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> SegmentationResult:
-    """Segment every object in an RGB image (array or file) and measure it."""
+    """Segment every object in an RGB image (array or file) held in memory at once, and measure it."""
     lm = _as_model(model)
     t0 = time.perf_counter()
     if isinstance(image, (str, Path)):
@@ -85,6 +114,14 @@ def segment(
         "measure_s": t_measure - t_post,
     }
     return SegmentationResult(labels, table, None if assumed else eff_mpp, assumed, timings)
+
+
+def _wants_slide_engine(image: Any) -> bool:
+    if isinstance(image, (str, Path)):
+        from pathseg.io.slide import is_slide
+
+        return Path(image).is_file() and is_slide(Path(image))
+    return isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] * image.shape[1] > LARGE_PIXELS
 
 
 def run_info(lm: LoadedModel, options: InferenceOptions, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -30,6 +30,8 @@ MAX_PIXELS = 2**31
 MPP_RANGE = (0.05, 20.0)
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# Whole-slide formats (read by pathseg.io.slide); listed here so folders and globs find them.
+WSI_SUFFIXES = (".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm")
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _MICRON_UNITS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "\u03bcm": 1.0,
@@ -105,7 +107,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def _is_image_name(path: Path) -> bool:
     # Skip dot-files such as macOS "._name.png" resource forks copied onto USB drives.
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_SUFFIXES + WSI_SUFFIXES and not path.name.startswith(".")
 
 
 def _images_in_folder(folder: Path) -> list[Path]:
