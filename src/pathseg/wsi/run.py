@@ -190,9 +190,18 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
     mask = tissue_mask(thumb) if options.tissue else np.ones(thumb.shape[:2], bool)
     if roi_obj is not None:
         mask &= roi_mask(roi_obj, mask.shape, thumb_ds)
+    # Tissue is selected window by window: a tile is computed only where its windows hold
+    # tissue, and windows beyond the slide's edge are never computed.
     rows, cols = frame.grid
-    selected = select_tiles(mask, thumb_ds, frame.tile, frame.scale, (rows, cols))
+    core = options.inference.window - 2 * options.inference.halo
+    k = frame.tile // core
+    fine = np.zeros((rows * k, cols * k), bool)
+    fine_shape = (math.ceil(frame.height / core), math.ceil(frame.width / core))
+    fine[: fine_shape[0], : fine_shape[1]] = select_tiles(mask, thumb_ds, core, frame.scale, fine_shape)
+    per_tile = fine.reshape(rows, k, cols, k).transpose(0, 2, 1, 3)
+    selected = per_tile.any(axis=(2, 3))
     tiles = [(int(r), int(c)) for r, c in zip(*np.nonzero(selected))]
+    windows = {rc: per_tile[rc] for rc in tiles}
     total = 2 * len(tiles)
     if progress:
         progress(0, total)
@@ -215,7 +224,7 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
 
     tile_log = TileLog(None if folder is None else folder / ".work" / "tiles.log")
     reused = {"tiles": len(tile_log.done), "blocks": 0}
-    run_inference(lm.net, read, probs, tiles, cols, lm.config.mean, lm.config.std, options, tile_log, timings,
+    run_inference(lm.net, read, probs, tiles, cols, windows, lm.config.mean, lm.config.std, options, tile_log, timings,
                   on_tile=(lambda n: progress(n, total)) if progress else None)
 
     # Instances block by block, in raster order (global ids follow it).
@@ -252,7 +261,7 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
     summary = summarise_slide(table, area_um2, {
         "slide": slide.name, "vendor": slide.vendor, "dimensions": list(slide.dimensions), "bounds": list(slide.bounds),
         "mpp": slide.mpp, "working_mpp": work_mpp, "working_shape": [frame.height, frame.width],
-        "tiles": rows * cols, "tiles_processed": len(tiles), "objects_larger_than_margin": n_cut,
+        "tiles": rows * cols, "tiles_processed": len(tiles), "windows_computed": int(fine.sum()), "objects_larger_than_margin": n_cut,
     })
     if folder is not None:
         write_ome_pyramid(folder / "labels.ome.tif", labels, work_mpp, max_id=int(table["id"].max(initial=0)))
