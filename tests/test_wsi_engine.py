@@ -176,3 +176,15 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="file"):
         segment_slide(image, colour_model(0.5), out=tmp_path / "file", mpp=0.5, options=SMALL)
+
+
+def test_pathseg_segment_runs_the_slide_engine_for_a_slide_path(tmp_path):
+    import pathseg
+    from pathseg.wsi import SlideResult
+
+    image, truth = disc_slide(300, 300, 20, seed=9)
+    path = write_pyramid(tmp_path / "api.ome.tif", image, mpp=0.5, levels=2, tile=64)
+    res = pathseg.segment(path, colour_model(0.5), options=SMALL.inference)
+    assert isinstance(res, SlideResult) and res.folder is None
+    assert same_partition(np.asarray(res.labels[:]), truth)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api.ome.tif"]

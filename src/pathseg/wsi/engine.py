@@ -73,8 +73,7 @@ class Timings:
     read_s: float = 0.0  # summed over reader threads
     read_wait_s: float = 0.0  # the network waiting for a tile
     infer_s: float = 0.0
-    post_s: float = 0.0
-    measure_s: float = 0.0
+    post_s: float = 0.0  # instances, measurements and outlines, block by block
     write_s: float = 0.0
     wall_s: float = 0.0
 
