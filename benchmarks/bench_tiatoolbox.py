@@ -198,7 +198,7 @@ def shipped_io(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if info is None or not str(info.get("ioconfig", {}).get("class", "")).endswith("IOSegmentorConfig"):
         sys.exit(f"{yaml_path}: no semantic segmentation entry {name!r}; pass another --shipped-model")
     return (copy.deepcopy(info["ioconfig"]["kwargs"]),
-            {"file": str(yaml_path), "entry": name, "architecture": info.get("architecture", {}).get("class")})
+            {"file": _portable(yaml_path), "entry": name, "architecture": info.get("architecture", {}).get("class")})
 
 
 def run_tia(model: TiaUNet, slide: Path, out: Path, io_kwargs: dict[str, Any], batch: int,
@@ -244,6 +244,13 @@ def run_pathseg(lm: LoadedModel, slide: Path, out: Path, opts: Any) -> dict[str,
             "tile_core": opts.tile_core, "output": str(r.folder)}
 
 
+def _portable(path: object) -> str:
+    """A path as recorded in the results: site-packages prefixes dropped (no machine paths in the repo)."""
+    text = str(path)
+    marker = "site-packages/"
+    return "<site-packages>/" + text.split(marker, 1)[1] if marker in text else text
+
+
 def agreement(tia_zarr: str, ps_folder: str) -> float | None:
     """Share of pixels computed by both engines whose argmax class is the same (both ran the same network)."""
     import zarr
@@ -276,7 +283,7 @@ def slide_info(slide: Path) -> dict[str, Any]:
     with openslide.OpenSlide(str(slide)) as s:
         w, h = s.dimensions
         mpp = float(s.properties[openslide.PROPERTY_NAME_MPP_X])
-    return {"path": str(slide), "dimensions": [w, h], "mpp": mpp, "area_mm2": w * h * mpp * mpp / 1e6}
+    return {"path": _portable(slide), "dimensions": [w, h], "mpp": mpp, "area_mm2": w * h * mpp * mpp / 1e6}
 
 
 def default_slide() -> Path | None:
