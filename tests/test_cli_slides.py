@@ -39,7 +39,9 @@ def test_real_svs_region_with_the_builtin_model(tmp_path):
     rows = list(csv.DictReader(open(folder / "objects.csv", newline="")))
     cx = np.array([float(r["centroid_x"]) for r in rows])
     cy = np.array([float(r["centroid_y"]) for r in rows])
-    assert cx.min() >= 1100 and cx.max() < 1400 and cy.min() >= 1400 and cy.max() < 1700
+    # centroid_x/y are pixel indices; the ROI is in pixel-edge coordinates (pixel c spans [c, c + 1]).
+    ex, ey = cx + 0.5, cy + 0.5
+    assert ex.min() >= 1100 and ex.max() < 1400 and ey.min() >= 1400 and ey.max() < 1700
     xy = np.array([f["geometry"]["coordinates"][0][0] for f in features])
     assert xy.min(0)[0] > 1100 - 40 and xy.max(0)[0] < 1400 + 40
     with tifffile.TiffFile(folder / "labels.ome.tif") as tif:

@@ -188,3 +188,55 @@ def test_pathseg_segment_runs_the_slide_engine_for_a_slide_path(tmp_path):
     assert isinstance(res, SlideResult) and res.folder is None
     assert same_partition(np.asarray(res.labels[:]), truth)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api.ome.tif"]
+
+
+def test_failing_probability_writes_raise_instead_of_hanging():
+    import threading
+
+    from pathseg.wsi.engine import TileLog, Timings, run_inference
+
+    class FullDisk:
+        shape = (1, 640, 640)
+
+        def __setitem__(self, key, value):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    tiles = [(r, c) for r in range(10) for c in range(10)]
+    raised: list[BaseException] = []
+
+    def go():
+        try:
+            run_inference(colour_model(0.5).net, lambda x, y, w, h: np.full((h, w, 3), 235, np.uint8), FullDisk(), tiles,
+                          10, {}, [0.5] * 3, [0.25] * 3, SMALL, TileLog(None), Timings())
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            raised.append(exc)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "run_inference hung after a failed write"
+    assert raised and isinstance(raised[0], OutputError) and "No space left" in str(raised[0])
+
+
+def test_resume_after_the_label_array_was_deleted_recomputes_its_objects(tmp_path, monkeypatch):
+    import shutil
+
+    from pathseg.wsi import blocks
+
+    image, truth = disc_slide(200, 200, 20, seed=10)
+    path = write_pyramid(tmp_path / "l.ome.tif", image, mpp=0.5, levels=1, tile=64)
+    real, calls = blocks.PartStore.save, {"n": 0}
+
+    def failing(self, index, part):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.EIO, "I/O error")
+        return real(self, index, part)
+
+    monkeypatch.setattr(blocks.PartStore, "save", failing)
+    with pytest.raises(OutputError):
+        segment_slide(path, colour_model(0.5), out=tmp_path / "out", options=SMALL)
+    shutil.rmtree(tmp_path / "out" / "l" / "labels.zarr")
+    monkeypatch.setattr(blocks.PartStore, "save", real)
+    res = segment_slide(path, colour_model(0.5), out=tmp_path / "out", options=SMALL)
+    assert same_partition(np.asarray(res.labels[:]), truth) and len(res.table["id"]) == truth.max()

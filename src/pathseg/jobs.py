@@ -174,7 +174,8 @@ def segment_one_slide(
         outcome.n_objects = int(result.summary.get("n_objects", 0))
     except PathsegError as e:
         outcome.status, outcome.error = "failed", str(e)
-    except (ValueError, OSError, MemoryError, RuntimeError) as e:  # RuntimeError: e.g. CUDA out of memory
+    except Exception as e:  # noqa: BLE001 - one slide's failure, whatever it is, must not stop a cohort
+        log.exception("%s: failed", path)
         outcome.status, outcome.error = "failed", f"{path}: {type(e).__name__}: {e}"
     outcome.seconds = time.perf_counter() - t0
     return outcome

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from pathseg.errors import OutputError
 from pathseg.instances import PostProcess, instances_from_probs
 from pathseg.io.write import atomic_open, instance_polygons
 from pathseg.measure import measure_instances
@@ -92,7 +94,8 @@ def process_block(
     owned = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
     if keep is not None and owned.any():
         sel = np.flatnonzero(owned)
-        owned[sel] = keep(*_centroid_level0(frame, mx[1:][sel], my[1:][sel]))
+        # Region tests take pixel-edge coordinates (pixel c spans [c, c + 1]): centres at c + 0.5.
+        owned[sel] = keep((mx[1:][sel] + 0.5) * frame.scale, (my[1:][sel] + 0.5) * frame.scale)
     # An owned object reaching the window edge (not the slide edge) is larger than the margin.
     boxes = ndi.find_objects(local)
     wh, ww = local.shape
@@ -191,8 +194,11 @@ class PartStore:
         """A finished block's part."""
         if self.folder is None:
             return self._memory[index]
-        with np.load(self._path(index)) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(self._path(index)) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise OutputError(f"{self._path(index)}: damaged work file ({exc}); pass --overwrite") from None
 
     def count(self, index: int) -> int:
         """Number of objects of a finished block."""

@@ -222,6 +222,8 @@ def run_inference(
             item = pending.get()
             if item is None:
                 return
+            if failure:  # keep draining so the network thread never blocks on a full queue
+                continue
             (r, c), data = item
             try:
                 t0 = time.perf_counter()
@@ -234,31 +236,32 @@ def run_inference(
                 fault_point("tile", written[0])
             except BaseException as exc:  # surfaced in the main thread
                 failure.append(exc)
-                return
 
     wthread = threading.Thread(target=writer, name="pathseg-tile-writer", daemon=True)
     wthread.start()
     depth = options.readers * options.prefetch
+    pool = ThreadPoolExecutor(options.readers, thread_name_prefix="pathseg-reader")
+    # The pool is shut down in `finally`, cancelling reads not yet started (Ctrl-C, errors).
     try:
-        with ThreadPoolExecutor(options.readers, thread_name_prefix="pathseg-reader") as pool:
-            futures = [pool.submit(read_tile, rc) for rc in todo[:depth]]
-            for k, rc in enumerate(todo):
-                t0 = time.perf_counter()
-                rgb = futures[k].result()
-                if k + depth < len(todo):
-                    futures.append(pool.submit(read_tile, todo[k + depth]))
-                futures[k] = None  # type: ignore[call-overload]  # free the tile once consumed
-                t1 = time.perf_counter()
-                out = quantise(infer_tile(net, rgb, mean, std, t, options.inference, probs.shape[0] + 1, windows.get(rc)))
-                t2 = time.perf_counter()
-                timings.read_wait_s += t1 - t0
-                timings.infer_s += t2 - t1
-                if failure:
-                    break
-                pending.put((rc, out))
-                if on_tile:
-                    on_tile(1)
+        futures = [pool.submit(read_tile, rc) for rc in todo[:depth]]
+        for k, rc in enumerate(todo):
+            t0 = time.perf_counter()
+            rgb = futures[k].result()
+            if k + depth < len(todo):
+                futures.append(pool.submit(read_tile, todo[k + depth]))
+            futures[k] = None  # type: ignore[call-overload]  # free the tile once consumed
+            t1 = time.perf_counter()
+            out = quantise(infer_tile(net, rgb, mean, std, t, options.inference, probs.shape[0] + 1, windows.get(rc)))
+            t2 = time.perf_counter()
+            timings.read_wait_s += t1 - t0
+            timings.infer_s += t2 - t1
+            if failure:
+                break
+            pending.put((rc, out))
+            if on_tile:
+                on_tile(1)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         pending.put(None)
         wthread.join()
         done.close()

@@ -108,7 +108,7 @@ def fingerprint(source: Any, lm: LoadedModel, options: SlideOptions, mpp: float 
         fp.update(input="array", input_shape=list(source.shape), input_sample_sha1=hashlib.sha1(sample).hexdigest())
     inf = options.inference
     fp.update(window=inf.window, halo=inf.halo, precision=inf.precision, tta=inf.tta, tile=options.tile_core,
-              margin=options.margin, tissue=options.tissue)
+              margin=options.margin, tissue=options.tissue, thumbnail=options.thumbnail)
     if roi and Path(roi).is_file():
         fp["roi"] = str(Path(roi).resolve())
         fp["roi_mtime_ns"] = Path(roi).stat().st_mtime_ns
@@ -133,7 +133,7 @@ def _prepare_folder(folder: Path, fp: dict[str, Any], overwrite: bool) -> str:
                                   "pass --overwrite or another --out")
     if overwrite and folder.exists():
         shutil.rmtree(folder)
-    elif folder.exists() and any(folder.iterdir()):
+    elif folder.exists() and any(p.name != ".work" for p in folder.iterdir()):  # .work alone: killed before it began
         if not overwrite:
             raise OutputError(f"{folder}: exists and is not a pathseg slide folder; pass --overwrite or another --out")
     return "new"
@@ -176,7 +176,10 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
     if folder is not None:
         state = _prepare_folder(folder, fp, overwrite)
         if state == "finished":
-            summary = json.loads((folder / "summary.json").read_text())
+            try:
+                summary = json.loads((folder / "summary.json").read_text())
+            except (OSError, json.JSONDecodeError):  # finished but summary lost: count from run.json
+                summary = {"n_objects": json.loads((folder / "run.json").read_text()).get("n_objects", 0)}
             return SlideResult(slide.name, "skipped", None, {}, summary, frame, folder)
         work = folder / ".work"
         try:
@@ -214,11 +217,18 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
         return str((folder / ".work" / name) if name == "probs.zarr" else folder / name)
 
     try:
-        probs = _open_array(store("probs.zarr"), (n_classes - 1, frame.height, frame.width),
-                            (n_classes - 1, frame.tile, frame.tile), np.uint8)
+        probs, new_probs = _open_array(store("probs.zarr"), (n_classes - 1, frame.height, frame.width),
+                                       (n_classes - 1, frame.tile, frame.tile), np.uint8)
         # Small label chunks: the pyramid and overlay writers read one chunk row at a time,
         # so their memory grows with chunk height x slide width (1792-px chunks: +0.6 GB at 40k px).
-        labels = _open_array(store("labels.zarr"), (frame.height, frame.width), (LABEL_CHUNK, LABEL_CHUNK), np.int32)
+        labels, new_labels = _open_array(store("labels.zarr"), (frame.height, frame.width), (LABEL_CHUNK, LABEL_CHUNK),
+                                         np.int32)
+        if folder is not None and (new_probs or new_labels):
+            # Records of finished work are only valid with the arrays they describe: an array
+            # deleted since (or never written) invalidates them.
+            shutil.rmtree(folder / ".work" / "parts", ignore_errors=True)
+            if new_probs:
+                (folder / ".work" / "tiles.log").unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from exc
 
@@ -285,13 +295,17 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
     return SlideResult(slide.name, "done", labels, table, summary, frame, folder, timings.as_dict())
 
 
-def _open_array(store: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> Any:
+def _open_array(store: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> tuple[Any, bool]:
+    """The zarr array at ``store`` (created when absent) and whether it was created now."""
     if isinstance(store, str) and Path(store).exists():
-        array = zarr.open_array(store, mode="r+")
+        try:
+            array = zarr.open_array(store, mode="r+")
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise OutputError(f"{store}: damaged work array ({exc}); pass --overwrite") from None
         if tuple(array.shape) != shape:
             raise OutputError(f"{store}: holds an array of another shape {array.shape}; pass --overwrite")
-        return array
-    return zarr.create_array(store=store, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        return array, False
+    return zarr.create_array(store=store, shape=shape, chunks=chunks, dtype=dtype, fill_value=0), True
 
 
 def _collect(parts: PartStore, indices: list[int], folder: Path | None, name: str) -> tuple[dict[str, np.ndarray], int]:
@@ -339,8 +353,13 @@ def _options_dict(options: SlideOptions) -> dict[str, Any]:
 
 def _finish_work(folder: Path, keep_probs: bool) -> None:
     work = folder / ".work"
-    if keep_probs and (work / "probs.zarr").exists():
-        (work / "probs.zarr").replace(folder / "probs.zarr")
+    try:  # the slide is finished (run.json is written): cleaning up must not turn it into a failure
+        if keep_probs and (work / "probs.zarr").exists():
+            shutil.rmtree(folder / "probs.zarr", ignore_errors=True)
+            (work / "probs.zarr").replace(folder / "probs.zarr")
+    except OSError as exc:
+        log.warning("%s: could not keep the probabilities (%s); they stay in %s", folder, exc, work)
+        return
     shutil.rmtree(work, ignore_errors=True)
 
 
