@@ -18,6 +18,7 @@ from tests.slides import write_pyramid
 from pathseg.errors import OutputError
 from pathseg.tiling import InferenceOptions
 from pathseg.wsi import SlideOptions, segment_slide
+from pathseg.wsi.blocks import PartStore
 from tests.wsi_helpers import colour_model, disc_slide, same_partition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,26 +136,29 @@ def test_tissue_detection_skips_glass_tiles(tmp_path):
     assert same_partition(np.asarray(res.labels[:]), truth)
 
 
-def test_disk_full_while_writing_leaves_no_final_output_and_resumes(tmp_path, monkeypatch):
-    image, truth = disc_slide(200, 200, 20, seed=6)
-    path = write_pyramid(tmp_path / "d.ome.tif", image, mpp=0.5, levels=1, tile=64)
-    from pathseg.wsi import blocks
-
-    real = blocks.PartStore.save
-    calls = {"n": 0}
+def _fail_part_save(monkeypatch, nth: int, code: int, text: str):
+    """Make the nth save of a finished block fail with OSError(code); return the real method."""
+    real, calls = PartStore.save, {"n": 0}
 
     def failing(self, index, part):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] == nth:
+            raise OSError(code, text)
         return real(self, index, part)
 
-    monkeypatch.setattr(blocks.PartStore, "save", failing)
+    monkeypatch.setattr(PartStore, "save", failing)
+    return real
+
+
+def test_disk_full_while_writing_leaves_no_final_output_and_resumes(tmp_path, monkeypatch):
+    image, truth = disc_slide(200, 200, 20, seed=6)
+    path = write_pyramid(tmp_path / "d.ome.tif", image, mpp=0.5, levels=1, tile=64)
+    real = _fail_part_save(monkeypatch, 3, errno.ENOSPC, "No space left on device")
     with pytest.raises(OutputError, match="No space left"):
         segment_slide(path, colour_model(0.5), out=tmp_path / "out", options=SMALL)
     folder = tmp_path / "out" / "d"
     assert not (folder / "run.json").exists() and not (folder / "objects.csv").exists()
-    monkeypatch.setattr(blocks.PartStore, "save", real)
+    monkeypatch.setattr(PartStore, "save", real)
     res = segment_slide(path, colour_model(0.5), out=tmp_path / "out", options=SMALL)
     assert same_partition(np.asarray(res.labels[:]), truth)
 
@@ -221,22 +225,12 @@ def test_failing_probability_writes_raise_instead_of_hanging():
 def test_resume_after_the_label_array_was_deleted_recomputes_its_objects(tmp_path, monkeypatch):
     import shutil
 
-    from pathseg.wsi import blocks
-
     image, truth = disc_slide(200, 200, 20, seed=10)
     path = write_pyramid(tmp_path / "l.ome.tif", image, mpp=0.5, levels=1, tile=64)
-    real, calls = blocks.PartStore.save, {"n": 0}
-
-    def failing(self, index, part):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise OSError(errno.EIO, "I/O error")
-        return real(self, index, part)
-
-    monkeypatch.setattr(blocks.PartStore, "save", failing)
+    real = _fail_part_save(monkeypatch, 5, errno.EIO, "I/O error")
     with pytest.raises(OutputError):
         segment_slide(path, colour_model(0.5), out=tmp_path / "out", options=SMALL)
     shutil.rmtree(tmp_path / "out" / "l" / "labels.zarr")
-    monkeypatch.setattr(blocks.PartStore, "save", real)
+    monkeypatch.setattr(PartStore, "save", real)
     res = segment_slide(path, colour_model(0.5), out=tmp_path / "out", options=SMALL)
     assert same_partition(np.asarray(res.labels[:]), truth) and len(res.table["id"]) == truth.max()
