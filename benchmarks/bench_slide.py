@@ -117,6 +117,13 @@ def run_one(slide: Path, out: Path, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def main() -> None:
     """Make the slides, run them, print and save the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +161,8 @@ def main() -> None:
     args.json.write_text(json.dumps({
         "command": "python benchmarks/bench_slide.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "settings": vars(args) | {"work": str(args.work), "json": str(args.json)},
+        # Paths recorded relative to the repository (or by name): no machine paths in the results.
+        "settings": vars(args) | {"work": args.work.name, "json": _relative(args.json)},
         "rows": rows,
     }, indent=2, default=str) + "\n")
 

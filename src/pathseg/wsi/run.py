@@ -362,7 +362,3 @@ def _finish_work(folder: Path, keep_probs: bool) -> None:
         return
     shutil.rmtree(work, ignore_errors=True)
 
-
-def slide_area_mm2(frame: Frame) -> float:
-    """Area of the whole working frame in mm²."""
-    return frame.height * frame.width * (frame.mpp or math.nan) ** 2 / 1e6
