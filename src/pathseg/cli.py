@@ -1,4 +1,4 @@
-"""The `pathseg` command line: demo, segment, evaluate, train, models."""
+"""The `pathseg` command line: demo, segment, evaluate, train, synth, models."""
 
 from __future__ import annotations
 
@@ -19,11 +19,14 @@ from rich.progress import (
 )
 
 from pathseg._version import __version__
+from pathseg.cli_synth import synth_app, train_varnet_cmd
 from pathseg.errors import InputError, PathsegError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep-learning segmentation of histopathology images.")
 train_app = typer.Typer(no_args_is_help=True, help="Train a model with pathseg's own recipes.")
 app.add_typer(train_app, name="train")
+app.add_typer(synth_app, name="synth")
+train_app.command("varnet")(train_varnet_cmd)
 err = Console(stderr=True)
 out = Console()
 

@@ -17,6 +17,7 @@ from pathseg.instances import PostProcess, instances_from_probs
 from pathseg.io import read_image
 from pathseg.measure import measure_instances
 from pathseg.models import LoadedModel, load_model
+from pathseg.stain.reinhard import make_normaliser
 from pathseg.tiling import InferenceOptions, predict_probs
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ def segment_image(
         # Bring the image to the model's pixel size; the network saw nuclei at that scale only.
         work = rescale(rgb, scale, channel_axis=-1, order=1, anti_aliasing=scale < 1, preserve_range=True)
         work = np.clip(work + 0.5, 0, 255).astype(np.uint8)
+    norm = make_normaliser(lm.config.normalise, work)
+    if norm is not None:
+        work = norm(work)
     probs = predict_probs(lm.net, work, lm.config.mean, lm.config.std, options, progress)
     t_infer = time.perf_counter()
     pp = postprocess or PostProcess.from_dict(lm.config.postprocess)

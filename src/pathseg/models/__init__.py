@@ -1,6 +1,7 @@
 """Segmentation networks, built from a registry by name, and their checkpoints."""
 
 from pathseg.models import unet as _unet  # noqa: F401  (registers "unet")
+from pathseg.models import varnet as _varnet  # noqa: F401  (registers "varnet", "varnet_seg")
 from pathseg.models._registry import create_model, list_architectures, register_model
 from pathseg.models.checkpoint import LoadedModel, ModelConfig, list_builtin, load_model, save_model
 from pathseg.models.unet import UNet

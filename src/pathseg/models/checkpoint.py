@@ -37,6 +37,9 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     postprocess: dict[str, Any] = field(default_factory=dict)
+    # Colour normalisation applied to every input before the network, e.g. {"kind": "reinhard",
+    # "target": {"mean": [L, a, b], "std": [L, a, b]}} for models trained on fitted synthetic colours.
+    normalise: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     pathseg_version: str = __version__
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pathseg.errors import OutputError
 from pathseg.models import ModelConfig, save_model
 
 
@@ -63,3 +65,46 @@ def load_training_state(folder: Path, net: torch.nn.Module, opt: torch.optim.Opt
         state.setdefault(int(pid), {})[name] = t
     opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
     return meta
+
+
+def check_resume(run: Path, config: dict[str, Any], resumable: set[str]) -> None:
+    """Refuse a run folder whose saved settings differ from `config` in a key outside `resumable`."""
+    saved = run / "train_config.json"
+    # Only a run that saved a checkpoint binds the folder; a start that failed early does not.
+    if not saved.is_file() or not ((run / "checkpoint").is_dir() or (run / "checkpoint.old").is_dir()):
+        return
+    old = json.loads(saved.read_text())
+    new = json.loads(json.dumps(config))
+    diff = sorted(k for k in new if k not in resumable and old.get(k) != new[k])
+    if diff:
+        raise OutputError(f"{run}: holds a run with other settings ({', '.join(diff)}); choose another --out")
+
+
+def selected_config(mcfg: ModelConfig, record: dict[str, Any]) -> ModelConfig:
+    """The model config with the training record it was selected at."""
+    return dataclasses.replace(mcfg, training=dict(mcfg.training, selected=record))
+
+
+def keep_record(run: Path, net: torch.nn.Module, mcfg: ModelConfig, opt: torch.optim.Optimizer, state: dict[str, Any],
+                record: dict[str, Any], metric: str) -> None:
+    """Log a step record, keep best/ by the validation `metric` (higher is better), save the checkpoint."""
+    if "val" in record and (state["best"] is None or record["val"][metric] > state["best"]["val"][metric]):
+        state["best"] = record
+        save_model(run / "best", net, selected_config(mcfg, record))
+    state["history"].append(record)
+    state.update(step=record["step"], seconds=record["seconds"])
+    save_training_state(run / "checkpoint", net, mcfg, opt, state)
+    with open(run / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def publish_final(run: Path, net: torch.nn.Module, mcfg: ModelConfig, state: dict[str, Any]) -> Path:
+    """Write run/model: the best validated model when there is one, else the last weights."""
+    final = run / "model"
+    if state["best"] is not None:
+        # best/ already holds the selected weights and config: publish it as the final model.
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(run / "best", final)
+    else:
+        save_model(final, net, selected_config(mcfg, state["history"][-1] if state["history"] else {}))
+    return final

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,10 @@ from pathseg.instances import PostProcess, instances_from_probs
 from pathseg.io import list_samples, read_image, read_label
 from pathseg.losses import create_loss, l2_penalty
 from pathseg.metrics import evaluate_pair
-from pathseg.models import ModelConfig, create_model, save_model
+from pathseg.models import ModelConfig, create_model
 from pathseg.tiling import InferenceOptions, autocast_context, pick_device, predict_probs
 from pathseg.train.augment import AugmentConfig, augment
-from pathseg.train.checkpointing import load_training_state, save_training_state
+from pathseg.train.checkpointing import check_resume, keep_record, load_training_state, publish_final
 from pathseg.train.patches import PreparedImage, WeightConfig, patch_grid, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -71,18 +70,6 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return max(cfg.lr_min, cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every))
 
 
-def _check_resume(run: Path, cfg: TrainConfig) -> None:
-    saved = run / "train_config.json"
-    # Only a run that saved a checkpoint binds the folder; a start that failed early does not.
-    if not saved.is_file() or not ((run / "checkpoint").is_dir() or (run / "checkpoint.old").is_dir()):
-        return
-    old = json.loads(saved.read_text())
-    new = json.loads(json.dumps(cfg.to_dict()))
-    diff = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
-    if diff:
-        raise OutputError(f"{run}: holds a run with other settings ({', '.join(diff)}); choose another --out")
-
-
 def _batch(items: list[PreparedImage], index: list[tuple[int, int, int]], cfg: TrainConfig, step: int):
     # One generator per step, seeded by (seed, step): a resumed run draws the same patches
     # and augmentations as an uninterrupted one.
@@ -118,7 +105,7 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"{run}: cannot create the run folder ({e.strerror})") from None
-    _check_resume(run, cfg)
+    check_resume(run, cfg.to_dict(), _RESUMABLE)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -184,26 +171,8 @@ def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | 
             running = []
             if do_val:
                 record["val"] = _validate(net, mcfg, val, device)
-                if state["best"] is None or record["val"]["aji"] > state["best"]["val"]["aji"]:
-                    state["best"] = record
-                    save_model(run / "best", net, _final_config(mcfg, record))
-            state["history"].append(record)
-            state.update(step=step, seconds=record["seconds"])
-            save_training_state(run / "checkpoint", net, mcfg, opt, state)
-            with open(run / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            keep_record(run, net, mcfg, opt, state, record, "aji")
         if progress is not None:
             progress(step, cfg.steps, record)
 
-    final = run / "model"
-    if val and state["best"] is not None:
-        # best/ already holds the selected weights and config: publish it as the final model.
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.copytree(run / "best", final)
-    else:
-        save_model(final, net, _final_config(mcfg, state["history"][-1] if state["history"] else {}))
-    return final
-
-
-def _final_config(mcfg: ModelConfig, record: dict[str, Any]) -> ModelConfig:
-    return dataclasses.replace(mcfg, training=dict(mcfg.training, selected=record))
+    return publish_final(run, net, mcfg, state)

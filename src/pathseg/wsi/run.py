@@ -32,6 +32,7 @@ from pathseg.instances import PostProcess
 from pathseg.io.slide import Slide, open_slide
 from pathseg.io.write import _csv_cell, atomic_open, write_json
 from pathseg.models import LoadedModel, load_model
+from pathseg.stain.reinhard import make_normaliser
 from pathseg.tiling.tissue import (
     Roi,
     parse_roi,
@@ -232,8 +233,12 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from exc
 
+    # One colour transform per slide, from its tissue on the thumbnail, so tiles match.
+    norm = make_normaliser(lm.config.normalise, thumb, mask if mask.any() else None)
+
     def read(x: int, y: int, w: int, h: int) -> np.ndarray:
-        return slide.read_at(x, y, w, h, work_mpp)
+        rgb = slide.read_at(x, y, w, h, work_mpp)
+        return norm(rgb) if norm is not None else rgb
 
     tile_log = TileLog(None if folder is None else folder / ".work" / "tiles.log")
     reused = {"tiles": len(tile_log.done), "blocks": 0}
