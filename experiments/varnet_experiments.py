@@ -51,10 +51,10 @@ def _row(images: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, 1)
 
 
-def synthetic(runs: Path, n: int, size: int, figs: Path) -> list[dict]:
+def synthetic(runs: Path, n: int, size: int, figs: Path, scenarios: list[str]) -> list[dict]:
     """Held-out synthetic metrics per scenario model, and one figure each."""
     rows = []
-    for name in SCENARIOS:
+    for name in scenarios:
         folder = runs / f"{name}-varnet" / "model"
         if not folder.is_dir():
             print(f"skip {name}: no model in {folder}")
@@ -68,7 +68,7 @@ def synthetic(runs: Path, n: int, size: int, figs: Path) -> list[dict]:
         t0 = time.perf_counter()
         res = evaluate_arrays(lm.net, data, batch_size=4)
         seconds = time.perf_counter() - t0
-        cfg = lm.config.training
+        cfg = lm.config.training.get("config", lm.config.training)
         rows.append({"scenario": name, **res, "n_images": n, "size": size, "seconds_per_image": seconds / n,
                      "steps": cfg.get("steps"), "batch_size": cfg.get("batch_size"), "train_size": cfg.get("size"),
                      "lr": cfg.get("lr"), "zero_mean_u": cfg.get("zero_mean_u")})
@@ -81,7 +81,7 @@ def synthetic(runs: Path, n: int, size: int, figs: Path) -> list[dict]:
     return rows
 
 
-def transfer(runs: Path, window: int, halo: int, figs: Path) -> list[dict]:
+def transfer(runs: Path, window: int, halo: int, figs: Path, only: set[str] | None = None) -> list[dict]:
     """MoNuSeg test metrics of the synthetic-only models and of the built-in reference."""
     if not MONUSEG.is_dir():
         print(f"skip transfer: {MONUSEG} absent")
@@ -92,30 +92,74 @@ def transfer(runs: Path, window: int, halo: int, figs: Path) -> list[dict]:
               "nuclei-he (built-in, real MoNuSeg train)": "nuclei-he"}
     loaded = {}
     for label, source in models.items():
+        if only and not any(o in label for o in only):
+            continue
         if isinstance(source, Path) and not source.is_dir():
             print(f"skip {label}: no model in {source}")
             continue
         lm = load_model(source, torch.device("cpu"))
         loaded[label] = lm
-        opts = InferenceOptions(window=window, halo=halo, batch_size=1, device="cpu", precision="fp32",
+        # The reference runs with its own defaults (512/64), as in its model card.
+        w, h = (512, 64) if source == "nuclei-he" else (window, halo)
+        opts = InferenceOptions(window=w, halo=h, batch_size=1, device="cpu", precision="fp32",
                                 multiple=getattr(lm.net, "required_multiple", 1))
         t0 = time.perf_counter()
         res = evaluate_dataset(lm, MONUSEG, opts)
         summ = res["summary"]["all"] if "all" in res["summary"] else res["summary"]
         rows.append({"model": label, "summary": summ, "seconds": time.perf_counter() - t0,
-                     "window": window, "halo": halo, "normalise": lm.config.normalise.get("kind", "none")})
+                     "window": w, "halo": h, "normalise": lm.config.normalise.get("kind", "none")})
         print(label, res["table"])
+    figure_panels = []
+    for label in ("varnet (synthetic he-nuclei)", "UNet (synthetic he-nuclei)"):
+        source = models[label]
+        if label in loaded or source.is_dir():  # the figure always shows both when they exist
+            figure_panels.append(loaded.get(label) or load_model(source, torch.device("cpu")))
     sample = list_samples(MONUSEG)[0]
     image, _ = read_image(sample.image)
     crop = image[:300, :300]
     truth = read_label(sample.label)[:300, :300] > 0
-    panels = [crop]
-    for label in ("varnet (synthetic he-nuclei)", "UNet (synthetic he-nuclei)"):
-        if label in loaded:
-            panels.append(_u8((segment_image(crop, loaded[label], mpp=0.25).labels > 0).astype(np.float32)))
+    panels = [crop] + [_u8((segment_image(crop, lm, mpp=0.25).labels > 0).astype(np.float32)) for lm in figure_panels]
     panels.append(_u8(truth.astype(np.float32)))
     Image.fromarray(_row(panels)).save(figs / "varnet_transfer_monuseg.png", optimize=True)
     return rows
+
+
+def _f(v: object, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def write_markdown(results: Path) -> Path:
+    """Markdown tables of both experiments from their JSON files (results/varnet_experiments.md)."""
+    lines = ["# Variational network: measured results", "",
+             "Made by `python experiments/varnet_experiments.py --runs RUNS --out docs`.", ""]
+    syn = results / "varnet_synthetic.json"
+    if syn.is_file():
+        lines += ["## Held-out synthetic images (300x300, seeds 20,000,000+)", "",
+                  "| scenario | images | PSNR u0 (dB) | PSNR u_T (dB) | mask accuracy | mask Dice | training |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in json.loads(syn.read_text()):
+            lines.append(f"| {r['scenario']} | {r['n_images']} | {_f(r['psnr_u0'], 2)} | {_f(r['psnr_uT'], 2)} | "
+                         f"{_f(r['mask_accuracy'], 4)} | {_f(r['mask_dice'])} | {r['steps']} steps, batch "
+                         f"{r['batch_size']} of {r['train_size']}^2, lr {r['lr']} |")
+        lines.append("")
+    tr = results / "varnet_transfer.json"
+    if tr.is_file():
+        lines += ["## Transfer to real H&E: MoNuSeg 2018 test (14 images)", "",
+                  "| model | pixel Dice | object F1 (IoU>=0.5) | AJI | PQ | window/halo | colour normalisation |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in json.loads(tr.read_text()):
+            m = r["summary"]
+
+            def cell(k: str) -> str:
+                v = m.get(k)
+                return f"{v['mean']:.3f} ± {v['std']:.3f}" if isinstance(v, dict) else _f(v)
+
+            lines.append(f"| {r['model']} | {cell('dice')} | {cell('f1_detection')} | {cell('aji')} | {cell('pq')} | "
+                         f"{r['window']}/{r['halo']} | {r['normalise']} |")
+        lines.append("")
+    path = results / "varnet_experiments.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 def main() -> None:
@@ -128,17 +172,31 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--halo", type=int, default=32)
     ap.add_argument("--skip", default="", help="Comma list: synthetic,transfer")
+    ap.add_argument("--scenarios", default="", help="Synthetic: comma list of scenarios (default: all).")
+    ap.add_argument("--only", default="", help="Transfer: evaluate only models whose label contains one of these (comma list).")
     a = ap.parse_args()
     figs = a.out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     (a.out / "results").mkdir(parents=True, exist_ok=True)
     skip = set(a.skip.split(","))
     if "synthetic" not in skip:
-        rows = synthetic(a.runs, a.n, a.size, figs)
-        (a.out / "results" / "varnet_synthetic.json").write_text(json.dumps(rows, indent=2) + "\n")
+        path = a.out / "results" / "varnet_synthetic.json"
+        rows = synthetic(a.runs, a.n, a.size, figs, a.scenarios.split(",") if a.scenarios else SCENARIOS)
+        # Merge by scenario, in the canonical order: scenarios can be evaluated in separate runs.
+        old = json.loads(path.read_text()) if path.is_file() else []
+        merged = {r["scenario"]: r for r in old} | {r["scenario"]: r for r in rows}
+        ordered = [merged[k] for k in SCENARIOS if k in merged]
+        path.write_text(json.dumps(ordered, indent=2) + "\n")
     if "transfer" not in skip:
-        rows = transfer(a.runs, a.window, a.halo, figs)
-        (a.out / "results" / "varnet_transfer.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        path = a.out / "results" / "varnet_transfer.json"
+        rows = transfer(a.runs, a.window, a.halo, figs, set(filter(None, a.only.split(","))))
+        # Merge by model label: models can be evaluated in separate runs (--only).
+        old = json.loads(path.read_text()) if path.is_file() else []
+        merged = {r["model"]: r for r in old} | {r["model"]: r for r in rows}
+        order = ["varnet (synthetic he-nuclei)", "UNet (synthetic he-nuclei)", "nuclei-he (built-in, real MoNuSeg train)"]
+        ordered = sorted(merged.values(), key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+        path.write_text(json.dumps(ordered, indent=2, default=str) + "\n")
+    print(f"written {write_markdown(a.out / 'results')}")
 
 
 if __name__ == "__main__":

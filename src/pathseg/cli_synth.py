@@ -43,7 +43,7 @@ def synth(
     ctx: typer.Context,
     scene: str = typer.Option("he-nuclei", "--scene", help="Built-in scene name or a YAML scene script."),
     n: int = typer.Option(16, "--n", min=1, help="Number of images."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Output dataset folder [default: synth-<scene>]."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Output dataset folder (default: synth-SCENE)."),
     seed: int = typer.Option(0, "--seed", help="Image i uses seed + i: the same seeds give the same images."),
     size: str | None = typer.Option(None, "--size", help="H,W in px (or one number); default: the scene's size."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a folder made with other settings."),
