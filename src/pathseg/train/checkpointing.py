@@ -108,3 +108,17 @@ def publish_final(run: Path, net: torch.nn.Module, mcfg: ModelConfig, state: dic
     else:
         save_model(final, net, selected_config(mcfg, state["history"][-1] if state["history"] else {}))
     return final
+
+
+def open_run(out: str | Path, config: dict[str, Any], resumable: set[str], threads: int, seed: int) -> Path:
+    """Create (or check for resume) a run folder and set torch's threads and seed for the run."""
+    run = Path(out)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{run}: cannot create the run folder ({e.strerror})") from None
+    check_resume(run, config, resumable)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return run

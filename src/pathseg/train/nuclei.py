@@ -14,16 +14,31 @@ import numpy as np
 import torch
 
 from pathseg._version import __version__
-from pathseg.errors import InputError, OutputError
+from pathseg.errors import InputError
 from pathseg.instances import PostProcess, instances_from_probs
 from pathseg.io import list_samples, read_image, read_label
 from pathseg.losses import create_loss, l2_penalty
 from pathseg.metrics import evaluate_pair
 from pathseg.models import ModelConfig, create_model
-from pathseg.tiling import InferenceOptions, autocast_context, pick_device, predict_probs
+from pathseg.tiling import (
+    InferenceOptions,
+    autocast_context,
+    pick_device,
+    predict_probs,
+)
 from pathseg.train.augment import AugmentConfig, augment
-from pathseg.train.checkpointing import check_resume, keep_record, load_training_state, publish_final
-from pathseg.train.patches import PreparedImage, WeightConfig, patch_grid, prepare_dataset
+from pathseg.train.checkpointing import (
+    keep_record,
+    load_training_state,
+    open_run,
+    publish_final,
+)
+from pathseg.train.patches import (
+    PreparedImage,
+    WeightConfig,
+    patch_grid,
+    prepare_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +115,7 @@ def _validate(net, mcfg: ModelConfig, val: list[tuple[str, np.ndarray, np.ndarra
 
 def train_nuclei(cfg: TrainConfig, progress: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train (or resume) a nuclei model; returns the folder of the final model."""
-    run = Path(cfg.out)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{run}: cannot create the run folder ({e.strerror})") from None
-    check_resume(run, cfg.to_dict(), _RESUMABLE)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    run = open_run(cfg.out, cfg.to_dict(), _RESUMABLE, cfg.threads, cfg.seed)
     device = pick_device(cfg.device)
 
     items: list[PreparedImage] = []

@@ -27,13 +27,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pathseg._version import __version__
-from pathseg.errors import InputError, OutputError
+from pathseg.errors import InputError
 from pathseg.instances import PostProcess
 from pathseg.models import ModelConfig
 from pathseg.models.unet import UNet
 from pathseg.models.varnet import VarNet, VarNetSegmenter, varnet_loss
 from pathseg.tiling import pick_device
-from pathseg.train.checkpointing import check_resume, keep_record, load_training_state, publish_final
+from pathseg.train.checkpointing import (
+    keep_record,
+    load_training_state,
+    open_run,
+    publish_final,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,15 +255,7 @@ def train_varnet(cfg: VarNetTrainConfig, progress: Callable[[int, int, dict], No
     the synthetic generator (tests, other data); by default scenes come from cfg.scenario.
     """
     cfg.check()
-    run = Path(cfg.out)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{run}: cannot create the run folder ({e.strerror})") from None
-    check_resume(run, cfg.to_dict(), _RESUMABLE)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    run = open_run(cfg.out, cfg.to_dict(), _RESUMABLE, cfg.threads, cfg.seed)
     device = pick_device(cfg.device)
     mpp, mask_name, fingerprint, normalise = 0.25, "mask", "custom data_fn", {}
     if data_fn is None:
