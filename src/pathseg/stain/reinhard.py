@@ -7,6 +7,7 @@ tissue pixels enter the statistics: bright glass (L > 90) would pull the mean to
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -68,7 +69,10 @@ def reinhard(image: np.ndarray, target: dict, source: dict | None = None) -> np.
     out = (lab - s_mean) * (t_std / s_std) + t_mean
     # Glass stays glass: stretching it with the tissue's std would tint the background.
     out[glass] = lab[glass]
-    return np.clip(lab2rgb(out), 0.0, 1.0).astype(np.float32)
+    with warnings.catch_warnings():  # out-of-gamut values are clipped on purpose; skimage warns about it
+        warnings.filterwarnings("ignore", message=".*negative Z values", category=UserWarning)
+        rgb_out = lab2rgb(out)
+    return np.clip(rgb_out, 0.0, 1.0).astype(np.float32)
 
 
 def make_normaliser(config: dict | None, reference: np.ndarray,

@@ -242,7 +242,7 @@ def _normal_table() -> np.ndarray:
 _NORMAL = _normal_table()
 
 
-def _std_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def std_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """float32 standard normal samples (quantised to 65536 levels, tails at +-4.2) from rng."""
     n = int(np.prod(shape))
     bits = np.frombuffer(rng.bytes(2 * n), "<u2")  # explicit endianness: same output on every machine
@@ -338,7 +338,7 @@ def noise(owner: np.ndarray, stats: list[ColourStats], rng: np.random.Generator)
     step = max(1, 16000 // max(owner.shape[1], 1))
     for r0 in range(0, owner.shape[0], step):
         o = owner[r0:r0 + step]
-        z = _std_normal((3, *o.shape), rng)
+        z = std_normal((3, *o.shape), rng)
         c = [np.take(table[e], o + 1) for e in range(6)]
         blk = out[r0:r0 + step]
         blk[..., 0] = c[0] * z[0]

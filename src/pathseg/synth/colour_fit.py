@@ -306,9 +306,7 @@ def fit_colours_cli(data: Path, out: Path, reference: Path | None, cohorts: int,
         target = lab_stats(read_image(reference)[0])
     else:  # every image is moved to the set's average stain
         target = _pooled_lab_stats(images)
-    with warnings.catch_warnings():  # lab2rgb's note on clipped out-of-gamut values: expected here
-        warnings.filterwarnings("ignore", message=".*negative Z values", category=UserWarning)
-        normed = [reinhard(im, target) for im in images]
+    normed = [reinhard(im, target) for im in images]
     cats = fit_colours(normed, labels, background_clusters=background_clusters, cohorts=cohorts,
                        rng=np.random.default_rng(0))
     command = f"pathseg synth fit-colours --data {data} --out {out} --cohorts {cohorts} " \
