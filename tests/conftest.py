@@ -57,3 +57,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests on tiny tensors: with 2 threads on a busy 2-core machine every op
+    pays for spinning threads (about 10x slower here); training with threads=1 sets this globally too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,14 +19,7 @@ from pathseg.train import VarNetTrainConfig, evaluate_synthetic, train_varnet
 TINY = dict(steps=2, n_fu=4, n_fm=2, k_u=5, k_m=3, k=3, pad=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: with 2 OpenMP threads on a busy 2-core machine every op pays for
-    # spinning threads (10x slower here); training with threads=1 also sets this globally.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _fake_data(seeds, size):

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,6 +21,7 @@ from rich.progress import (
 
 from pathseg._version import __version__
 from pathseg.cli_synth import synth_app, train_varnet_cmd
+from pathseg.cli_tam import experiment_app, train_tam_cmd
 from pathseg.errors import InputError, PathsegError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep-learning segmentation of histopathology images.")
@@ -27,6 +29,8 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a model with pathseg's
 app.add_typer(train_app, name="train")
 app.add_typer(synth_app, name="synth")
 train_app.command("varnet")(train_varnet_cmd)
+train_app.command("tam")(train_tam_cmd)
+app.add_typer(experiment_app, name="experiment")
 err = Console(stderr=True)
 out = Console()
 
@@ -66,7 +70,7 @@ def _load(model: str, device: str, window: int, halo: int, batch_size: int, prec
 
 
 def _run_job(paths, lm, out_dir: Path, opts, mpp, overwrite: bool, slide_opts=None, roi=None, cohort: bool = False,
-             scheduler: str | None = None, workers: int | None = None, model: str = "") -> int:
+             scheduler: str | None = None, workers: int | None = None, model: Any = "") -> int:
     from pathseg.io.slide import is_slide
     from pathseg.jobs import segment_files, segment_slides
 
@@ -172,6 +176,10 @@ def segment_cmd(
     cohort: bool = typer.Option(False, "--cohort", help="Slides: spread them over a Dask cluster (a local one by default)."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="With --cohort: address of a running Dask scheduler."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="With --cohort and no --scheduler: local worker processes."),
+    large_threshold_um2: float | None = typer.Option(
+        None, "--large-threshold-um2",
+        help="Objects of at least this area (um^2) are 'large', smaller ones 'small' (overrides the model's size classes, "
+             "or adds them)."),
 ) -> None:
     """Segment images and whole slides; writes labels, overlay, table, QuPath GeoJSON and run.json for each."""
     from pathseg.io import list_images
@@ -179,6 +187,8 @@ def segment_cmd(
 
     if mpp is not None and mpp <= 0:
         raise InputError(f"--mpp {mpp}: must be positive")
+    if large_threshold_um2 is not None and not (0 < large_threshold_um2 < float("inf")):
+        raise InputError(f"--large-threshold-um2 {large_threshold_um2}: must be a positive area in um^2")
     paths = list_images(inputs)
     if not paths:
         raise InputError(f"{' '.join(inputs)}: no images found")
@@ -189,6 +199,14 @@ def segment_cmd(
     # Images and slides have different defaults: slides are read in large tiles, where one
     # 1024-px window per call is about 1.3x faster than four 512-px windows at lower memory.
     lm, opts = _load(model, device, window or 512, halo, batch_size or 4, precision, tta)
+    model_ref = model
+    if large_threshold_um2 is not None:
+        from pathseg.measure import objects_with_threshold
+
+        # The outputs follow the model's objects config: the override goes there (and into the
+        # fingerprints), and cohort workers get this loaded model rather than reloading the original.
+        lm.config.objects = objects_with_threshold(lm.config.objects, large_threshold_um2)
+        model_ref = lm
     slide_inference = _options(window or 1024, halo, batch_size or 1, device, precision,
                                getattr(lm.net, "required_multiple", 1), tta)
     try:
@@ -199,7 +217,8 @@ def segment_cmd(
     except ValueError as e:
         raise InputError(str(e)) from None
     ensure_output_dir(out_dir, overwrite=True)  # existing per-image folders are resumed, not clobbered
-    raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite, slide_opts, roi, cohort, scheduler, workers, model))
+    raise typer.Exit(_run_job(paths, lm, out_dir, opts, mpp, overwrite, slide_opts, roi, cohort, scheduler, workers,
+                              model_ref))
 
 
 @app.command()

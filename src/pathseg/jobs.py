@@ -22,6 +22,7 @@ from pathseg.io import (
     write_overlay,
     write_table_csv,
 )
+from pathseg.measure.population import ObjectSpec, population_summary, size_class, write_area_histogram
 from pathseg.models import LoadedModel
 from pathseg.pipeline import SegmentationResult, run_info, segment_image
 from pathseg.tiling import InferenceOptions
@@ -29,6 +30,8 @@ from pathseg.tiling import InferenceOptions
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("labels.png", "overlay.png", "objects.csv", "objects.geojson", "run.json")
+# Written too when the model's objects have size classes (ModelConfig.objects["size_classes"]).
+SIZE_CLASS_FILES = ("population.json", "area_histogram.png")
 
 
 @dataclass
@@ -56,20 +59,35 @@ class JobReport:
         return sum(o.status == "failed" for o in self.outcomes)
 
 
-def write_result(folder: Path, image: np.ndarray, result: SegmentationResult, info: dict[str, Any]) -> None:
+def write_result(folder: Path, image: np.ndarray, result: SegmentationResult, info: dict[str, Any],
+                 objects: dict[str, Any] | None = None) -> None:
     """Write the label map, overlay, table, QuPath GeoJSON and run.json of one image.
 
-    run.json is written last: its presence marks the folder as complete, which is what
-    lets an interrupted job resume without redoing finished images.
+    ``objects`` is the model's ModelConfig.objects: the objects' QuPath class name and, with
+    size classes, a ``size_class`` column, per-class GeoJSON classes, population.json and
+    area_histogram.png. run.json is written last: its presence marks the folder as complete,
+    which is what lets an interrupted job resume without redoing finished images.
     """
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    spec = ObjectSpec.from_config(objects)
     labels = result.labels
+    table = dict(result.table)
+    if spec.sized:
+        table["size_class"] = size_class(table["area_um2"], spec.threshold_um2)
     label_name = "labels.png" if labels.max(initial=0) <= 65535 else "labels.tif"
     write_label_map(folder / label_name, labels)
     write_overlay(folder / "overlay.png", image, labels)
-    write_table_csv(folder / "objects.csv", result.table)
-    write_geojson(folder / "objects.geojson", labels, result.table)
+    write_table_csv(folder / "objects.csv", table)
+    write_geojson(folder / "objects.geojson", labels, table, classification=spec.name,
+                  classes=spec.geojson_classes() or None)
+    if spec.sized:
+        # The whole image is the reference area: images carry no tissue mask. Unknown pixel size: no density.
+        area_mm2 = labels.shape[0] * labels.shape[1] * result.mpp**2 / 1e6 if result.mpp is not None else None
+        write_json(folder / "population.json", dict(population_summary(table, area_mm2, spec.threshold_um2),
+                                                    name=spec.name, classes=list(spec.names), mpp=result.mpp))
+        write_area_histogram(folder / "area_histogram.png", table["area_um2"], spec.threshold_um2,
+                             f"{Path(str(info.get('input', folder.name))).name}: {len(table['id'])} {spec.name} objects")
     timings = dict(result.timings, write_s=time.perf_counter() - t0)
     info = dict(info, n_objects=len(result.table["id"]), mpp=result.mpp, mpp_assumed=result.mpp_assumed, timings=timings,
                 image_shape=list(image.shape), label_file=label_name)
@@ -89,6 +107,8 @@ def fingerprint(path: Path, lm: LoadedModel, options: InferenceOptions, mpp: flo
         "halo": options.halo,
         "precision": options.precision,
         "tta": options.tta,
+        # Only when set (e.g. size classes), so that folders of models without it still match.
+        **({"objects": lm.config.objects} if lm.config.objects else {}),
     }
 
 
@@ -137,7 +157,7 @@ def segment_files(
             if folder.exists() and overwrite:
                 shutil.rmtree(folder)
             info = run_info(lm, options, {"input": str(path), "fingerprint": fp})
-            write_result(folder, image, result, info)
+            write_result(folder, image, result, info, lm.config.objects)
             outcome.n_objects = int(result.labels.max(initial=0))
             outcome.mpp_assumed = result.mpp_assumed
         except PathsegError as e:

@@ -16,6 +16,7 @@ from pathseg._version import __version__
 from pathseg.instances import PostProcess, instances_from_probs
 from pathseg.io import read_image
 from pathseg.measure import measure_instances
+from pathseg.measure.population import ObjectSpec, size_class
 from pathseg.models import LoadedModel, load_model
 from pathseg.stain.reinhard import make_normaliser
 from pathseg.tiling import InferenceOptions, predict_probs
@@ -110,6 +111,9 @@ def segment_image(
     t_post = time.perf_counter()
     # With no known pixel size the um columns stay empty: a guessed scale would look measured.
     table = measure_instances(labels, rgb, None if assumed else eff_mpp)
+    spec = ObjectSpec.from_config(lm.config.objects)
+    if spec.sized:  # e.g. small / large TAMs; -1 where the area in µm² is unknown
+        table["size_class"] = size_class(table["area_um2"], spec.threshold_um2)
     t_measure = time.perf_counter()
     timings = {
         "read_s": t_read - t0,

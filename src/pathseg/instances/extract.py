@@ -20,6 +20,11 @@ class PostProcess:
     min_area_px: int = 20  # smaller objects are dropped (at the model's mpp)
     max_hole_px: int = 64  # holes up to this size inside nuclei are filled; larger ones (lumens) are not
     watershed: bool = True  # False: connected components of the foreground (ablation)
+    # Instance-embedding models: the last `embed_dim` channels are a pixel embedding whose
+    # clusters (mean-shift or HDBSCAN, see pathseg.instances.cluster) are the objects.
+    embed_dim: int = 0
+    cluster: str = "meanshift"
+    bandwidth: float = 1.0
 
     def scaled(self, area_factor: float) -> "PostProcess":
         """The same thresholds for pixels `area_factor` times as large in area."""
@@ -42,12 +47,23 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 def instances_from_probs(probs: np.ndarray, pp: PostProcess | None = None) -> np.ndarray:
     """Instance map (int32, 0 = background) from class probabilities (C, H, W), C = 2 or 3.
 
+    With ``pp.embed_dim`` = E > 0 the input is (C + E, H, W): the objects are the clusters of the
+    embedding over the foreground (see :func:`pathseg.instances.cluster.cluster_embeddings`).
+
     With 3 classes (background, interior, boundary) each connected interior region above
     `marker_threshold` seeds one object, and the watershed on -p(interior) grows the seeds
     through the foreground; the boundary band is what keeps touching nuclei apart.
     With 2 classes, or `watershed=False`, objects are connected components of the foreground.
     """
     pp = pp or PostProcess()
+    if pp.embed_dim:
+        # Instance-embedding model: class probabilities first, then the pixel embedding.
+        from pathseg.instances.cluster import cluster_embeddings
+
+        emb = probs[-pp.embed_dim:]
+        fg = _fill_small_holes((1.0 - probs[0]) > pp.fg_threshold, pp.max_hole_px)
+        lab = cluster_embeddings(fg, emb, method=pp.cluster, bandwidth=pp.bandwidth, min_area_px=pp.min_area_px)
+        return relabel_sequential(_drop_small(lab, pp.min_area_px))
     fg = _fill_small_holes((1.0 - probs[0]) > pp.fg_threshold, pp.max_hole_px)
     if probs.shape[0] < 3 or not pp.watershed:
         lab, _ = ndi.label(fg)

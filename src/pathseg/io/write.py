@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -214,6 +214,8 @@ def write_geojson(
     object_type: str = "detection",
     classification: str = "Nucleus",
     color: tuple[int, int, int] = (0, 200, 0),
+    classes: Mapping[int, tuple[str, Sequence[int]]] | None = None,
+    class_key: str = "size_class",
 ) -> int:
     """Write instances as a GeoJSON FeatureCollection that QuPath imports as objects; return the count.
 
@@ -221,21 +223,30 @@ def write_geojson(
     (as from ``measure_instances``) is accepted too. Finite numeric values become QuPath
     measurements (NaN is left out). Feature ids are UUIDs derived from the offset and the
     instance id, so re-running gives the same ids and tiles of one slide do not collide.
+    With ``classes`` (code -> (name, colour)), an object whose ``class_key`` property is one
+    of the codes gets that classification (others keep ``classification``), and ``class_key``
+    is not written as a measurement.
     """
     path = Path(path)
     by_id = _properties_by_id(properties)
+    default = {"name": classification, "color": [int(c) for c in color]}
+    by_code = {int(k): {"name": str(n), "color": [int(c) for c in rgb]} for k, (n, rgb) in (classes or {}).items()}
     features = []
     for instance, ring in instance_polygons(labels, offset=offset).items():
+        props = by_id.get(instance, {})
         measurements = {
-            str(k): _py_number(v) for k, v in by_id.get(instance, {}).items() if _is_finite_number(v)
+            str(k): _py_number(v) for k, v in props.items()
+            if _is_finite_number(v) and not (classes is not None and k == class_key)
         }
+        code = props.get(class_key) if classes is not None else None
+        cls = by_code.get(int(code), default) if _is_finite_number(code) else default
         features.append({
             "type": "Feature",
             "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{offset[0]:g},{offset[1]:g}/{instance}")),
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {
                 "objectType": object_type,
-                "classification": {"name": classification, "color": [int(c) for c in color]},
+                "classification": cls,
                 "measurements": measurements,
                 "instance_id": instance,
             },

@@ -1,4 +1,4 @@
-"""Per-instance morphometry (size, shape, position) and haematoxylin intensity."""
+"""Per-instance morphometry (size, shape, position) and haematoxylin / DAB intensity."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ COLUMNS = (
     "perimeter_um",
     "eccentricity",
     "solidity",
+    "circularity",
     "mean_haematoxylin",
+    "mean_dab",
 )
 _INT_COLUMNS = ("id", "area_px")
 
@@ -33,8 +35,10 @@ def measure_instances(
 ) -> dict[str, np.ndarray]:
     """Measure every instance of a label map: one row per id (ascending), columns as in COLUMNS.
 
-    Centroids are mean pixel indices (x = column, y = row). Micrometre columns and
-    ``mean_haematoxylin`` are NaN when ``mpp`` / ``image`` are not given.
+    Centroids are mean pixel indices (x = column, y = row). ``circularity`` is
+    4 pi area / perimeter^2 in pixels (NaN for a zero perimeter). ``mean_haematoxylin`` and
+    ``mean_dab`` are colour-deconvolution optical densities (skimage ``rgb2hed`` channels 0
+    and 2). Micrometre columns and the stain columns are NaN when ``mpp`` / ``image`` are not given.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -94,15 +98,17 @@ def measure_instances(
     if not np.array_equal(shape["label"], ids):  # defensive: both are sorted unique ids
         raise RuntimeError("regionprops ids do not match the label map ids")
 
-    haematoxylin = np.full(n, np.nan)
+    haematoxylin, dab = np.full(n, np.nan), np.full(n, np.nan)
     if image is not None:
         # rgb2hed only on object pixels: same values, a fraction of the work.
         pixels = np.asarray(image)[np.nonzero(labels)]
-        h = rgb2hed(pixels[None, :, :])[0, :, 0]
-        haematoxylin = mean(h)
+        hed = rgb2hed(pixels[None, :, :])[0]
+        haematoxylin, dab = mean(hed[:, 0]), mean(hed[:, 2])
 
     nan = np.full(n, np.nan)
     perimeter = _perimeters(labels, max_id)[ids]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
     return {
         "id": ids.astype(np.int64),
         "centroid_x": cx,
@@ -113,7 +119,9 @@ def measure_instances(
         "perimeter_um": perimeter * mpp if mpp is not None else nan.copy(),
         "eccentricity": eccentricity,
         "solidity": np.asarray(shape["solidity"], dtype=np.float64),
+        "circularity": circularity,
         "mean_haematoxylin": haematoxylin,
+        "mean_dab": dab,
     }
 
 

@@ -40,6 +40,9 @@ class ModelConfig:
     # Colour normalisation applied to every input before the network, e.g. {"kind": "reinhard",
     # "target": {"mean": [L, a, b], "std": [L, a, b]}} for models trained on fitted synthetic colours.
     normalise: dict[str, Any] = field(default_factory=dict)
+    # What the objects are and how they are classed in the outputs, e.g. {"name": "TAM",
+    # "size_classes": {"threshold_um2": 100.0, "names": ["small", "large"]}}; empty = nuclei.
+    objects: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     pathseg_version: str = __version__
 
@@ -142,6 +145,11 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise InputError(f"{wpath}: weights do not fit {cfg.arch} {cfg.arch_kwargs} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    stored, has = int(cfg.postprocess.get("embed_dim", 0) or 0), int(getattr(net, "embed_dim", 0) or 0)
+    if stored != has:
+        if stored:  # the embedding channels would be read as classes, or classes as embedding
+            raise InputError(f"{cfg_path}: postprocess embed_dim {stored} does not match the network's {has}")
+        cfg.postprocess = dict(cfg.postprocess, embed_dim=has)  # an embedding network: its outputs are clustered
     # channels_last: ~1.7x faster fp32 convolutions on these CPUs (shared/PERF.md), same on GPU.
     net.eval().to(device).to(memory_format=torch.channels_last)
     return LoadedModel(net=net, config=cfg, name=name, sha256=_sha256(wpath), path=folder)

@@ -124,14 +124,7 @@ def predict_probs(
         x = torch.from_numpy(tiles).to(dev).permute(0, 3, 1, 2).float()
         x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
         with autocast_context(dev, opts.precision):
-            if opts.tta:
-                # Flips are exact symmetries of a tissue image; averaging over them removes
-                # orientation-dependent errors of the network.
-                flips = ((), (-1,), (-2,), (-2, -1))
-                prob = sum(torch.softmax(net(x.flip(f) if f else x).float(), 1).flip(f) if f
-                           else torch.softmax(net(x).float(), 1) for f in flips) / len(flips)
-            else:
-                prob = torch.softmax(net(x).float(), dim=1)
+            prob = network_outputs(net, x, opts.tta)
         probs = prob[:, :, halo : halo + core, halo : halo + core].cpu().numpy()
         if out is None:
             out = np.zeros((probs.shape[1], h, w), np.float32)
@@ -142,6 +135,25 @@ def predict_probs(
             progress(len(batch))
     assert out is not None
     return out
+
+
+def network_outputs(net: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Softmax class probabilities of a batch, followed by the raw embedding of instance-embedding nets."""
+    e = int(getattr(net, "embed_dim", 0) or 0)
+
+    def split(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y = y.float()
+        return (torch.softmax(y[:, :-e], 1), y[:, -e:]) if e else (torch.softmax(y, 1), None)
+
+    prob, emb = split(net(x))
+    if tta:
+        # Flips are exact symmetries of a tissue image; averaging the softmax over them removes
+        # orientation-dependent errors. Embeddings are not averaged: a cell's embedding need not
+        # be the same under a flip (only its distance to other cells' embeddings is trained).
+        for f in ((-1,), (-2,), (-2, -1)):
+            prob = prob + split(net(x.flip(f)))[0].flip(f)
+        prob = prob / 4
+    return prob if emb is None else torch.cat([prob, emb], 1)
 
 
 def _batches(items: list, n: int) -> Iterator[list]:

@@ -44,7 +44,7 @@ def _elastic(image, target, weight, rng, alpha, sigma):
     # Smooth a coarse random field instead of a full-resolution one: same look, ~16x cheaper.
     step = 8
     coarse = rng.uniform(-1, 1, size=(2, h // step + 2, w // step + 2))
-    coarse = ndi.gaussian_filter(coarse, (0, sigma / step, sigma / step)) 
+    coarse = ndi.gaussian_filter(coarse, (0, sigma / step, sigma / step))
     coarse *= alpha / (np.abs(coarse).max() + 1e-8)
     zoom = (1, (h + 2 * step) / coarse.shape[1], (w + 2 * step) / coarse.shape[2])
     field = ndi.zoom(coarse, zoom, order=1)[:, :h, :w]

@@ -77,9 +77,9 @@ def process_block(
     wy0, wx0 = max(0, cy0 - margin), max(0, cx0 - margin)
     wy1, wx1 = min(h, cy1 + margin), min(w, cx1 + margin)
     stored = np.asarray(probs[:, wy0:wy1, wx0:wx1])
-    if not stored.any():
+    if not stored[: stored.shape[0] - pp.embed_dim].any():  # no class probability: nothing here
         return empty_part()
-    local = instances_from_probs(dequantise(stored), pp)
+    local = instances_from_probs(dequantise(stored, pp.embed_dim), pp)
     n = int(local.max(initial=0))
     if n == 0:
         return empty_part()

@@ -29,12 +29,14 @@ from torch import nn
 
 from pathseg.errors import OutputError
 from pathseg.tiling import InferenceOptions, autocast_context
+from pathseg.tiling.windows import network_outputs
 
 log = logging.getLogger(__name__)
 
 # Probabilities are stored as uint8 (1/255 steps): 4x smaller than float32 on disk and in
 # the block reads of post-processing; the instance thresholds (0.4-0.6) are unaffected.
 PROB_SCALE = 255.0
+EMBED_RANGE = 8.0  # embeddings stored in [-8, 8] (the discriminative loss keeps cluster centres near 0)
 
 
 @dataclass(frozen=True)
@@ -154,25 +156,31 @@ def infer_tile(net: nn.Module, rgb: np.ndarray, mean: list[float], std: list[flo
         x = torch.from_numpy(crops).to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
         with autocast_context(dev, opts.precision):
-            if opts.tta:
-                flips = ((), (-1,), (-2,), (-2, -1))
-                prob = sum(torch.softmax(net(x.flip(f)).float(), 1).flip(f) if f else torch.softmax(net(x).float(), 1)
-                           for f in flips) / len(flips)
-            else:
-                prob = torch.softmax(net(x).float(), dim=1)
+            prob = network_outputs(net, x, opts.tta)
         probs = prob[: len(batch), :, halo : halo + core, halo : halo + core].cpu().numpy()
         for p, (y, x0) in zip(probs, batch):
             out[:, y : y + core, x0 : x0 + core] = p
     return out
 
 
-def quantise(probs: np.ndarray) -> np.ndarray:
-    """uint8 storage form of classes 1..C-1 (class 0 is what remains, so absent tiles read as background)."""
+def quantise(probs: np.ndarray, embed_dim: int = 0) -> np.ndarray:
+    """uint8 storage form of classes 1..C-1 (class 0 is what remains, so absent tiles read as background).
+
+    The last ``embed_dim`` channels of an instance-embedding model are stored on a fixed scale
+    (EMBED_RANGE): their 1/16-unit steps are far below the clustering bandwidth (~1).
+    """
+    if embed_dim:
+        cls = quantise(probs[:-embed_dim])
+        emb = np.clip((probs[-embed_dim:] + EMBED_RANGE) * (PROB_SCALE / (2 * EMBED_RANGE)) + 0.5, 0, 255).astype(np.uint8)
+        return np.concatenate([cls, emb])
     return np.clip(probs[1:] * PROB_SCALE + 0.5, 0, 255).astype(np.uint8)
 
 
-def dequantise(stored: np.ndarray) -> np.ndarray:
-    """Class probabilities (C, H, W) float32 from the stored uint8 form."""
+def dequantise(stored: np.ndarray, embed_dim: int = 0) -> np.ndarray:
+    """Class probabilities (C, H, W) float32 (then any embedding channels) from the stored uint8 form."""
+    if embed_dim:
+        emb = stored[-embed_dim:].astype(np.float32) * (2 * EMBED_RANGE / PROB_SCALE) - EMBED_RANGE
+        return np.concatenate([dequantise(stored[:-embed_dim]), emb])
     rest = stored.astype(np.float32) / PROB_SCALE
     background = np.clip(1.0 - rest.sum(0, keepdims=True), 0.0, 1.0)
     return np.concatenate([background, rest])
@@ -204,6 +212,7 @@ def run_inference(
     if not todo:
         return
     lock = threading.Lock()
+    embed = int(getattr(net, "embed_dim", 0) or 0)
 
     def read_tile(rc: tuple[int, int]) -> np.ndarray:
         t0 = time.perf_counter()
@@ -251,7 +260,7 @@ def run_inference(
                 futures.append(pool.submit(read_tile, todo[k + depth]))
             futures[k] = None  # type: ignore[call-overload]  # free the tile once consumed
             t1 = time.perf_counter()
-            out = quantise(infer_tile(net, rgb, mean, std, t, options.inference, probs.shape[0] + 1, windows.get(rc)))
+            out = quantise(infer_tile(net, rgb, mean, std, t, options.inference, probs.shape[0] + 1, windows.get(rc)), embed)
             t2 = time.perf_counter()
             timings.read_wait_s += t1 - t0
             timings.infer_s += t2 - t1

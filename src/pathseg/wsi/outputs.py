@@ -20,6 +20,7 @@ from skimage.segmentation import find_boundaries
 
 from pathseg.errors import OutputError
 from pathseg.io.write import _UUID_NAMESPACE, _jsonable, atomic_open
+from pathseg.measure.population import population_summary
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -39,6 +40,8 @@ _BAND_BYTES = 1 << 28
 AREA_BIN_EDGES_UM2 = tuple(float(f"{e:.4g}") for e in np.geomspace(1.0, 1000.0, 31))
 # Positions and ids have no meaningful median.
 _NOT_SUMMARISED = frozenset({"id", "centroid_x", "centroid_y"})
+# Numeric codes that are categories: counted per value, not given a median.
+_CATEGORICAL = frozenset({"size_class"})
 _GREEN = np.array([0, 255, 0], np.uint8)
 _BLUE = np.array([0, 0, 255], np.uint8)
 
@@ -160,18 +163,25 @@ class GeoJsonStreamWriter:
 
     Features match :func:`pathseg.io.write.write_geojson`: objectType, classification {name, color},
     finite numeric measurements (NaN left out), ``instance_id``, and a UUID derived from
-    ``f"{id_prefix}/{instance_id}"`` so that a re-run gives the same ids.
+    ``f"{id_prefix}/{instance_id}"`` so that a re-run gives the same ids. ``classes`` (code ->
+    (name, colour)) gives objects added with that code in ``add(codes=...)`` their own class.
     """
 
     _BATCH = 10_000  # features formatted at once: bounds the temporary arrays
 
     def __init__(self, path: str | Path, classification: str = "Nucleus", color: Sequence[int] = (0, 200, 0),
-                 object_type: str = "detection", id_prefix: str = "slide") -> None:
+                 object_type: str = "detection", id_prefix: str = "slide",
+                 classes: Mapping[int, tuple[str, Sequence[int]]] | None = None) -> None:
         self.path = Path(path)
         self.count = 0
         self._id_prefix = id_prefix
-        cls = json.dumps({"name": classification, "color": [int(c) for c in color]}, separators=(",", ":"))
-        self._props = f',"properties":{{"objectType":{json.dumps(object_type)},"classification":{cls},'
+
+        def props(name: str, rgb: Sequence[int]) -> str:
+            cls = json.dumps({"name": name, "color": [int(c) for c in rgb]}, separators=(",", ":"))
+            return f',"properties":{{"objectType":{json.dumps(object_type)},"classification":{cls},'
+
+        self._props = props(classification, color)
+        self._class_props = {int(k): props(str(n), rgb) for k, (n, rgb) in (classes or {}).items()}
         self._cm: Any = None
         self._fh: IO[bytes] | None = None
 
@@ -195,9 +205,12 @@ class GeoJsonStreamWriter:
                 raise
         return bool(cm.__exit__(exc_type, exc, tb))
 
-    def add(self, ids: np.ndarray, rings: Sequence[np.ndarray],
-            measurements: Mapping[str, np.ndarray] | None = None) -> int:
-        """Append objects: ``rings[i]`` is the (n, 2) (x, y) outline of ``ids[i]`` in the level-0 frame."""
+    def add(self, ids: np.ndarray, rings: Sequence[np.ndarray], measurements: Mapping[str, np.ndarray] | None = None,
+            codes: np.ndarray | None = None) -> int:
+        """Append objects: ``rings[i]`` is the (n, 2) (x, y) outline of ``ids[i]`` in the level-0 frame.
+
+        ``codes[i]`` picks the class of object i among the writer's ``classes`` (others: the default).
+        """
         if self._fh is None:
             raise RuntimeError("GeoJsonStreamWriter.add() needs an open writer: use it in a 'with' block")
         ids = np.asarray(ids).ravel()
@@ -209,27 +222,35 @@ class GeoJsonStreamWriter:
         for name, values in columns.items():
             if len(values) != len(ids):
                 raise ValueError(f"measurement {name!r} has {len(values)} values for {len(ids)} ids")
+        if codes is not None:
+            codes = np.asarray(codes).ravel()
+            if len(codes) != len(ids):
+                raise ValueError(f"{len(codes)} class codes for {len(ids)} ids")
         written = 0
         for start in range(0, len(ids), self._BATCH):
             stop = start + self._BATCH
-            text, n = self._features(ids[start:stop], rings[start:stop], {k: v[start:stop] for k, v in columns.items()})
+            text, n = self._features(ids[start:stop], rings[start:stop], {k: v[start:stop] for k, v in columns.items()},
+                                     None if codes is None else codes[start:stop])
             if n:
                 self._fh.write(((',' if self.count else '') + text).encode("utf-8"))
                 self.count += n
                 written += n
         return written
 
-    def _features(self, ids: np.ndarray, rings: Sequence[np.ndarray],
-                  columns: Mapping[str, np.ndarray]) -> tuple[str, int]:
+    def _features(self, ids: np.ndarray, rings: Sequence[np.ndarray], columns: Mapping[str, np.ndarray],
+                  codes: np.ndarray | None = None) -> tuple[str, int]:
         """Features as comma-separated JSON objects, and how many."""
         coords = _ring_texts(rings)
         values = _measurement_texts(columns)
-        props = self._props
+        default = self._props
+        props_of = ([self._class_props.get(int(c), default) for c in codes.tolist()] if codes is not None
+                    else None)
         parts = []
         for i, (instance, ring) in enumerate(zip(ids.tolist(), coords)):
             if ring is None:
                 log.debug("instance %s: degenerate ring (< 3 distinct points), left out", instance)
                 continue
+            props = default if props_of is None else props_of[i]
             measured = ",".join(filter(None, [v[i] for v in values]))
             parts.append(f'{{"type":"Feature","id":"{_uuid5(f"{self._id_prefix}/{instance}")}",'
                          f'"geometry":{{"type":"Polygon","coordinates":[[{ring}]]}}'
@@ -344,8 +365,12 @@ def _format_positions(xy: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def summarise_slide(table: Mapping[str, np.ndarray], tissue_area_um2: float | None,
-                    extra: Mapping[str, Any] | None = None) -> dict:
-    """Slide-level summary: object count, density per mm² of tissue, area distribution, column medians."""
+                    extra: Mapping[str, Any] | None = None, size_threshold_um2: float | None = None) -> dict:
+    """Slide-level summary: object count, density per mm² of tissue, area distribution, column medians.
+
+    With ``size_threshold_um2`` a ``population`` block (small/large counts and densities, see
+    :func:`pathseg.measure.population_summary`) is added.
+    """
     columns = {str(k): np.asarray(v).ravel() for k, v in table.items()}
     n = len(columns["id"]) if "id" in columns else (len(next(iter(columns.values()))) if columns else 0)
     tissue = math.nan if tissue_area_um2 is None else float(tissue_area_um2)
@@ -362,12 +387,14 @@ def summarise_slide(table: Mapping[str, np.ndarray], tissue_area_um2: float | No
     for name, values in columns.items():
         if name in _NOT_SUMMARISED:
             continue
-        if values.dtype.kind in "iuf" and values.dtype != bool:
-            finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-            summary["medians"][name] = float(np.median(finite)) if len(finite) else None
-        elif values.dtype.kind in "OUSb":  # categories, e.g. a size class: how many objects each
+        if name in _CATEGORICAL or values.dtype.kind in "OUSb":  # categories, e.g. a size class: how many objects each
             kinds, counts = np.unique(values.astype(str), return_counts=True)
             summary["counts_by"][name] = dict(zip(kinds.tolist(), counts.tolist()))
+        elif values.dtype.kind in "iuf":
+            finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+            summary["medians"][name] = float(np.median(finite)) if len(finite) else None
+    if size_threshold_um2 is not None:
+        summary["population"] = population_summary(columns, tissue_mm2, size_threshold_um2)
     if extra:
         summary.update(extra)
     return _jsonable(summary)

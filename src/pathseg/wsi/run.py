@@ -2,12 +2,15 @@
 
 Per-slide folder ``out/<name>/``: ``labels.ome.tif`` (pyramidal instance mask for QuPath),
 ``labels.zarr`` (the same, chunked), ``objects.csv``, ``objects.geojson`` (QuPath detections
-in level-0 px), ``summary.json``, ``overlay.png``, ``tissue.png`` and ``run.json``, written
-last: its presence marks the slide as finished. Work in progress lives in ``.work/`` (tile
-log, stored probabilities, finished blocks); a re-run with the same settings resumes there.
+in level-0 px), ``summary.json``, ``overlay.png``, ``tissue.png``, ``area_histogram.png`` (models
+with size classes) and ``run.json``, written last: its presence marks the slide as finished.
+Work in progress lives in ``.work/`` (tile log, stored probabilities, finished blocks); a re-run
+with the same settings resumes there.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import contextlib
 import csv
@@ -31,6 +34,7 @@ from pathseg.errors import InputError, OutputError
 from pathseg.instances import PostProcess
 from pathseg.io.slide import Slide, open_slide
 from pathseg.io.write import _csv_cell, atomic_open, write_json
+from pathseg.measure.population import ObjectSpec, size_class, write_area_histogram
 from pathseg.models import LoadedModel, load_model
 from pathseg.stain.reinhard import make_normaliser
 from pathseg.tiling.tissue import (
@@ -100,6 +104,8 @@ def working_frame(slide: Slide, model_mpp: float, tile: int) -> tuple[Frame, flo
 def fingerprint(source: Any, lm: LoadedModel, options: SlideOptions, mpp: float | None, roi: str | None) -> dict[str, Any]:
     """What must match for an existing slide folder to be resumed or skipped."""
     fp: dict[str, Any] = {"model_sha256": lm.sha256, "mpp_option": mpp, "roi": roi, "pathseg_version": __version__}
+    if lm.config.objects:  # e.g. a size-class threshold overridden on the command line changes the outputs
+        fp["objects"] = lm.config.objects
     if isinstance(source, (str, Path)):
         st = Path(source).stat()
         fp.update(input=str(Path(source).resolve()), input_size=st.st_size, input_mtime_ns=st.st_mtime_ns)
@@ -154,6 +160,10 @@ def segment_slide(
     t_start = time.perf_counter()
     options = options or SlideOptions()
     lm = _as_model(model)
+    wanted = int(lm.config.objects.get("slide_margin_px", 0) or 0)
+    if wanted > options.margin:
+        # Objects larger than nuclei (e.g. TAMs and their touching clusters) need more block context.
+        options = dataclasses.replace(options, margin=wanted)
     slide = source if isinstance(source, Slide) else open_slide(source, mpp)
     try:
         return _segment(slide, source, lm, out, mpp, roi, options, overwrite, progress, t_start)
@@ -211,6 +221,8 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
     if progress:
         progress(0, total)
     n_classes = len(lm.config.classes)
+    # Instance-embedding models store their embedding channels after the class probabilities.
+    n_stored = n_classes - 1 + int(getattr(lm.net, "embed_dim", 0) or 0)
 
     def store(name: str) -> Any:
         if folder is None:
@@ -218,8 +230,8 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
         return str((folder / ".work" / name) if name == "probs.zarr" else folder / name)
 
     try:
-        probs, new_probs = _open_array(store("probs.zarr"), (n_classes - 1, frame.height, frame.width),
-                                       (n_classes - 1, frame.tile, frame.tile), np.uint8)
+        probs, new_probs = _open_array(store("probs.zarr"), (n_stored, frame.height, frame.width),
+                                       (n_stored, frame.tile, frame.tile), np.uint8)
         # Small label chunks: the pyramid and overlay writers read one chunk row at a time,
         # so their memory grows with chunk height x slide width (1792-px chunks: +0.6 GB at 40k px).
         labels, new_labels = _open_array(store("labels.zarr"), (frame.height, frame.width), (LABEL_CHUNK, LABEL_CHUNK),
@@ -274,9 +286,10 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
 
     # Slide outputs, from the finished parts.
     t0 = time.perf_counter()
-    table, n_cut = _collect(parts, [r * cols + c for r, c in tiles], folder, slide.name)
+    spec = ObjectSpec.from_config(lm.config.objects)
+    table, n_cut = _collect(parts, [r * cols + c for r, c in tiles], folder, slide.name, spec)
     area_um2 = tissue_area_um2(mask, thumb_ds, slide.mpp)
-    summary = summarise_slide(table, area_um2, {
+    summary = summarise_slide(table, area_um2, size_threshold_um2=spec.threshold_um2, extra={
         "slide": slide.name, "vendor": slide.vendor, "dimensions": list(slide.dimensions), "bounds": list(slide.bounds),
         "mpp": slide.mpp, "working_mpp": work_mpp, "working_shape": [frame.height, frame.width],
         "tiles": rows * cols, "tiles_processed": len(tiles), "windows_computed": int(fine.sum()), "objects_larger_than_margin": n_cut,
@@ -286,6 +299,9 @@ def _segment(slide: Slide, source: Any, lm: LoadedModel, out: Path | None, mpp: 
         centroids = np.stack([table["centroid_x"], table["centroid_y"]], 1) / frame.scale  # working frame
         write_overlay_lowres(folder / "overlay.png", thumb, labels, mask, centroids=centroids)
         _write_mask_png(folder / "tissue.png", mask)
+        if spec.sized:
+            write_area_histogram(folder / "area_histogram.png", table["area_um2"], spec.threshold_um2,
+                                 f"{slide.name}: {len(table['id'])} {spec.name} objects")
         write_json(folder / "summary.json", summary)
     timings.write_s += time.perf_counter() - t0
     timings.wall_s = time.perf_counter() - t_start
@@ -313,23 +329,36 @@ def _open_array(store: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dty
     return zarr.create_array(store=store, shape=shape, chunks=chunks, dtype=dtype, fill_value=0), True
 
 
-def _collect(parts: PartStore, indices: list[int], folder: Path | None, name: str) -> tuple[dict[str, np.ndarray], int]:
-    """Concatenate the parts' tables; with a folder, stream objects.csv and objects.geojson on the way."""
+def _collect(parts: PartStore, indices: list[int], folder: Path | None, name: str,
+             spec: ObjectSpec | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Concatenate the parts' tables; with a folder, stream objects.csv and objects.geojson on the way.
+
+    With size classes (``spec.sized``) a ``size_class`` column is derived from ``area_um2``
+    here, not stored in the parts, so that the parts do not depend on the threshold.
+    """
+    spec = spec or ObjectSpec()
     columns: dict[str, list[np.ndarray]] = {}
+    empty = {k: v for k, v in empty_part().items() if k not in _NOT_TABLE}
+    if spec.sized:
+        empty["size_class"] = np.zeros(0, np.int64)
     n_cut = 0
     with contextlib.ExitStack() as stack:  # on any error both temporary files are removed
         writer = geo = None
         if folder is not None:
-            geo = stack.enter_context(GeoJsonStreamWriter(folder / "objects.geojson", id_prefix=name))
+            geo = stack.enter_context(GeoJsonStreamWriter(folder / "objects.geojson", classification=spec.name,
+                                                          id_prefix=name, classes=spec.geojson_classes()))
             text = io.TextIOWrapper(stack.enter_context(atomic_open(folder / "objects.csv")), encoding="utf-8", newline="")
             stack.callback(text.detach)  # atomic_open closes and fsyncs the file itself
             stack.callback(text.flush)
             writer = csv.writer(text)
-            writer.writerow([k for k in empty_part() if k not in _NOT_TABLE])
+            writer.writerow(list(empty))
         for index in indices:
             part = parts.load(index)
             n_cut += int(part["n_cut"])
             table = {k: v for k, v in part.items() if k not in _NOT_TABLE}
+            codes = size_class(table["area_um2"], spec.threshold_um2) if spec.sized else None
+            if codes is not None:
+                table["size_class"] = codes
             for k, v in table.items():
                 columns.setdefault(k, []).append(v)
             if writer is None or not len(table["id"]):
@@ -337,8 +366,8 @@ def _collect(parts: PartStore, indices: list[int], folder: Path | None, name: st
             for row in zip(*(table[k].tolist() for k in table)):
                 writer.writerow([_csv_cell(v) for v in row])
             rings = np.split(part["ring_xy"], np.cumsum(part["ring_counts"])[:-1])
-            geo.add(table["id"], rings, {k: v for k, v in table.items() if k != "id"})
-    empty = {k: v for k, v in empty_part().items() if k not in _NOT_TABLE}
+            # The class code is the object's QuPath class, not a measurement: measurement names stay as for nuclei.
+            geo.add(table["id"], rings, {k: v for k, v in table.items() if k not in ("id", "size_class")}, codes)
     return {k: (np.concatenate(columns[k]) if k in columns else v) for k, v in empty.items()}, n_cut
 
 
