@@ -27,6 +27,7 @@ from pathseg.train.tam import dataset_splits, load_images
 
 BANDWIDTHS = (0.5, 0.75, 1.0, 1.25, 1.5)
 FG_THRESHOLDS = (0.4, 0.5, 0.6)
+MIN_AREAS = (30, 100, 250)  # px at 0.25 µm/px; 250 px (15.6 µm²) is the smallest synthetic TAM
 
 
 def main() -> None:
@@ -49,8 +50,9 @@ def main() -> None:
                                      InferenceOptions(window=window, halo=32, batch_size=1, multiple=mult)))
     grid = [dict(fg_threshold=f) for f in FG_THRESHOLDS]
     if base.embed_dim:
-        grid = [dict(fg_threshold=f, bandwidth=b, cluster=c) for f in FG_THRESHOLDS for b in BANDWIDTHS
-                for c in ("meanshift", "hdbscan") if c == "meanshift" or b == 1.0]
+        # Smaller clusters than min_area_px join the TAM they touch: it also sets how coarse the split is.
+        grid = [dict(fg_threshold=f, bandwidth=b, cluster=c, min_area_px=a) for f in FG_THRESHOLDS for b in BANDWIDTHS
+                for c in ("meanshift", "hdbscan") for a in MIN_AREAS if c == "meanshift" or b == 1.0]
     rows = []
     for g in grid:
         pp = dataclasses.replace(base, **g)
@@ -65,7 +67,7 @@ def main() -> None:
     if args.write:
         path = Path(lm.path) / CONFIG_FILE
         cfg = json.loads(path.read_text())
-        cfg["postprocess"].update({k: v for k, v in best.items() if k in ("fg_threshold", "bandwidth", "cluster")})
+        cfg["postprocess"].update({k: v for k, v in best.items() if k in ("fg_threshold", "bandwidth", "cluster", "min_area_px")})
         cfg["training"]["postprocess_tuned_on_validation"] = {"grid": rows, "best": best}
         path.write_text(json.dumps(cfg, indent=2) + "\n")
         print(f"written to {path}")
