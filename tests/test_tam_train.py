@@ -93,7 +93,7 @@ def test_augmentation_moves_image_and_labels_together():
 def test_plateau_halves_lr_after_patience_blocks():
     cfg = TamTrainConfig(data="x", out="y", lr=1e-3, plateau_patience=3, plateau_block=2)
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    state = {"block": [], "ema_best": None, "stall": 0}
+    state = {"block": [], "plateau_best": None, "stall": 0}
     for loss in [1.0, 1.0, 0.5, 0.5]:  # two blocks, improving
         _plateau(state, opt, loss, cfg)
     assert opt.param_groups[0]["lr"] == 1e-3

@@ -121,6 +121,7 @@ def load_images(samples: list[Any], strategy: str, wcfg: WeightMapConfig, cache:
 
 def _batch(items: list[TamImage], cfg: TamTrainConfig, acfg: TamAugmentConfig, rng: np.random.Generator):
     xs, ts, ws, ins = [], [], [], []
+    separation_px = WeightMapConfig(**cfg.weights).separation_px
     for _ in range(cfg.batch_size):
         it = items[int(rng.integers(len(items)))]
         h, w = it.target.shape
@@ -131,7 +132,7 @@ def _batch(items: list[TamImage], cfg: TamTrainConfig, acfg: TamAugmentConfig, r
         xs.append(colour_augment(got[0], rng, acfg))
         if it.weight is not None:
             # Nearest-neighbour warping breaks 1-px separation lines: redraw them on the warped instances.
-            got[1] = np.where(got[2] > 0, separation_target(got[2], WeightMapConfig(**cfg.weights).separation_px), got[1])
+            got[1] = np.where(got[2] > 0, separation_target(got[2], separation_px), got[1])
         ts.append(got[1])
         ins.append(got[2])
         ws.append(got[3] if it.weight is not None else np.ones(got[1].shape, np.float32))
@@ -261,7 +262,7 @@ def train_tam(cfg: TamTrainConfig, progress: Callable[[int, int, dict], None] | 
                       disc={"delta_v": cfg.delta_v, "delta_d": cfg.delta_d}).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     mcfg = model_config(cfg, net, {"n_train": len(train), "n_val": len(val)})
-    fresh = {"step": 0, "best": None, "history": [], "seconds": 0.0, "block": [], "ema_best": None,
+    fresh = {"step": 0, "best": None, "history": [], "seconds": 0.0, "block": [], "plateau_best": None,
              "stall": 0, "val_best": None, "val_bad": 0, "stopped": None}
     state = load_training_state(run / "checkpoint", net, opt) or fresh
     for k, v in fresh.items():
@@ -302,7 +303,7 @@ def train_tam(cfg: TamTrainConfig, progress: Callable[[int, int, dict], None] | 
                       "seconds": time.perf_counter() - t0}
             running = []
             if val:
-                record["val"] = _validate(net, mcfg, val, vbatches, loss_fn, mean, std, device)
+                record["val"] = _validate(net, mcfg, val[: cfg.val_images], vbatches, loss_fn, mean, std, device)
                 _early_stop(state, record, cfg)
             keep_record(run, net, mcfg, opt, state, record, "sbd")
         if progress is not None:
@@ -319,15 +320,15 @@ def _plateau(state: dict[str, Any], opt: torch.optim.Optimizer, loss: float, cfg
         return
     mean = float(np.mean(block))
     state["block"] = []
-    if state["ema_best"] is None or mean < state["ema_best"] * (1 - 1e-3):
-        state["ema_best"], state["stall"] = mean, 0
+    if state["plateau_best"] is None or mean < state["plateau_best"] * (1 - 1e-3):
+        state["plateau_best"], state["stall"] = mean, 0
         return
     state["stall"] += 1
     if state["stall"] >= cfg.plateau_patience:
         for g in opt.param_groups:
             g["lr"] = max(cfg.lr_min, g["lr"] * cfg.plateau_factor)
         state["stall"] = 0
-        state["ema_best"] = mean
+        state["plateau_best"] = mean
 
 
 def _early_stop(state: dict[str, Any], record: dict[str, Any], cfg: TamTrainConfig) -> None:
@@ -344,13 +345,13 @@ def _early_stop(state: dict[str, Any], record: dict[str, Any], cfg: TamTrainConf
 
 
 @torch.no_grad()
-def _validate(net, mcfg, val, vbatches, loss_fn, mean, std, device) -> dict[str, float]:
+def _validate(net, mcfg, scored, vbatches, loss_fn, mean, std, device) -> dict[str, float]:
     net.eval()
     losses = []
     for x, t, w, ins in vbatches:
         out = net(_to_input(x, mean, std, device))
         losses.append(float(loss_fn(out.float(), torch.from_numpy(t).long().to(device), torch.from_numpy(w).to(device),
                                     torch.from_numpy(ins).long().to(device))["loss"]))
-    scores = evaluate_images(net, mcfg, val[: mcfg.training["config"]["val_images"]], device)
+    scores = evaluate_images(net, mcfg, scored, device)
     net.train()
     return {"loss": float(np.mean(losses)), "iou": scores["iou"], "sbd": scores["sbd"]}
